@@ -14,8 +14,8 @@ task interface; this base class adds the auto-resetting ``step`` used by learner
 
 After an episode ends (``terminated | truncated``) the returned ``obs``/``state``
 already start the next episode of the *same task*; ``info["final_obs"]`` holds the
-true last observation of the finished episode so learners can bootstrap on
-truncation. ``reward[t]`` is what the step taking ``action[t]`` returned.
+true last observation of the finished episode (and ``info["final_state"]`` its state)
+so learners can bootstrap on truncation. ``reward[t]`` is what the step taking ``action[t]`` returned.
 """
 
 from __future__ import annotations
@@ -62,11 +62,22 @@ class Environment:
     """
 
     name: ClassVar[str] = "base"
+    # Whether ``step_env`` / ``reset_env`` draw random numbers from their key. When at
+    # most one of them does, ``step`` hands that one the key unsplit: same
+    # distribution, one threefry hash less per step (the hot path of every learner).
+    step_uses_key: ClassVar[bool] = True
+    reset_uses_key: ClassVar[bool] = True
 
     # ---- static structure -------------------------------------------------------
     @property
     def num_actions(self) -> int:
         raise NotImplementedError
+
+    @property
+    def max_episode_steps(self) -> int:
+        """Upper bound on an episode's length (the time limit); evaluations of E episodes
+        run ``E * max_episode_steps`` steps. Envs without a ``horizon`` field override it."""
+        return int(self.horizon)  # type: ignore[attr-defined]
 
     def observation_spec(self) -> PyTree:
         """A pytree of ``ArraySpec`` with the structure of one observation."""
@@ -93,6 +104,14 @@ class Environment:
         """An action of an optimal policy (defined where the optimal policy is known)."""
         raise NotImplementedError
 
+    def source_features(self, state: PyTree) -> jax.Array:
+        """Extra Markov-state features a *source* agent may use but AD never sees.
+
+        Default: none (shape ``(0,)``). Key-to-Door returns the has-key bit, because
+        the agent's cell alone is not Markov there. Recorded histories keep only ``obs``.
+        """
+        return jnp.zeros((0,), jnp.float32)
+
     # ---- dynamics: one episode ----------------------------------------------------
     def reset_env(self, key: jax.Array, params: PyTree) -> tuple[PyTree, PyTree]:
         raise NotImplementedError
@@ -107,13 +126,18 @@ class Environment:
 
     def step(self, key: jax.Array, state: PyTree, action: jax.Array, params: PyTree):
         """Step and, if the episode ended, reset into the next episode of the same task."""
-        key_step, key_reset = jax.random.split(key)
+        if self.step_uses_key and self.reset_uses_key:
+            key_step, key_reset = jax.random.split(key)
+        else:
+            key_step = key_reset = key  # at most one of them reads it
         obs, next_state, reward, terminated, truncated, info = self.step_env(
             key_step, state, action, params
         )
         done = jnp.logical_or(terminated, truncated)
         reset_obs, reset_state = self.reset_env(key_reset, params)
-        info = dict(info, final_obs=obs)
+        # final_state lets sources bootstrap from env.source_features of the true last
+        # state (e.g. Key-to-Door's has-key bit), which final_obs alone does not carry.
+        info = dict(info, final_obs=obs, final_state=next_state)
         return (
             tree_select(done, reset_obs, obs),
             tree_select(done, reset_state, next_state),

@@ -1,0 +1,31 @@
+# Two commands do all set-up on a fresh machine (Python >= 3.10 with venv and pip):
+#   make demo   — the end-to-end demo (creates .venv and installs the package on first use)
+#   make test   — the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m experiments.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadfile -q
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.envs_throughput
+	$(PY) -m benchmarks.ppo_throughput
+	$(PY) -m benchmarks.ad_throughput
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,167 @@
+"""In-context evaluation: does a distilled model improve, episode after episode, on new tasks?
+
+The model acts in a JAX env for ``num_episodes`` consecutive episodes of one task, with
+its own growing context: at every step it sees ``(obs[t], action[t-1], reward[t-1])``,
+*samples* ``action[t]`` from its policy, and the env steps (auto-resetting into the next
+episode of the same task). Everything is one jitted ``lax.scan`` over steps, vmapped
+over tasks, with the rolling KV cache of ``ad.model.decode_step`` (exact: equal to a full
+forward over the whole stream with the same banded mask), so evaluation costs
+O(L·c·d) per step however long the stream gets.
+
+Baselines on the same tasks: the source algorithm's own learning curve (it learns from
+scratch on each held-out task), a uniformly random policy, and the optimum
+(``env.optimal_return``). Expert Distillation is evaluated with the same function.
+
+Prompting (the paper's check): ``prompt=`` a batch of histories (e.g. a half-trained
+source's episodes on the same tasks) is fed through the cache first, then the model
+continues acting from a fresh episode.
+
+"By episode k" (the issue's metric) = the mean over episodes k−4 … k+5 (1-based), over
+tasks and rollouts: ``by_episode(curve, k)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ad.model import ModelConfig, StepInputs, decode_step, init_cache
+from source_agents.history import LearningHistory, episode_returns_jax
+
+PyTree = Any
+
+
+class Rollout(NamedTuple):
+    """Per-step record of an in-context rollout, leaves (N, S)."""
+
+    action: jax.Array  # (N, S) int32
+    reward: jax.Array  # (N, S) float32
+    done: jax.Array  # (N, S) bool: the step ended an episode
+
+
+def _broadcast_obs(obs):
+    return jax.tree.map(lambda o: jnp.asarray(o, jnp.int32)[:, None], obs)
+
+
+@partial(jax.jit, static_argnames=("config", "env", "num_steps", "temperature"))
+def ad_rollout(params: PyTree, config: ModelConfig, env, tasks: PyTree, key: jax.Array,
+               num_steps: int, temperature: float = 1.0,
+               prompt: LearningHistory | None = None) -> Rollout:
+    """Run the model in context on ``N`` tasks (``tasks`` leaves (N, ...)) for ``num_steps``.
+
+    ``temperature`` scales the logits before sampling (1.0 = the policy itself; argmax
+    policies are known to freeze on one action in Dark Room, so we sample).
+    """
+    n = jax.tree.leaves(tasks)[0].shape[0]
+    cache = init_cache(config, n)
+    none_action = jnp.full((n,), config.num_actions, jnp.int32)
+    prev_action, prev_reward = none_action, jnp.zeros((n,), jnp.float32)
+
+    if prompt is not None:  # teacher-force a given context into the cache first
+        def feed(carry, xs):
+            cache, prev_action, prev_reward = carry
+            obs, action, reward = xs
+            step = StepInputs(_broadcast_obs(obs), prev_action[:, None], prev_reward[:, None])
+            _, cache = decode_step(params, config, cache, step)
+            return (cache, action.astype(jnp.int32), reward.astype(jnp.float32)), None
+
+        xs = (jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), prompt.obs),
+              prompt.action.T, prompt.reward.T)
+        (cache, prev_action, prev_reward), _ = jax.lax.scan(
+            feed, (cache, prev_action, prev_reward), xs)
+
+    reset_key, key = jax.random.split(key)
+    obs, state = jax.vmap(env.reset)(jax.random.split(reset_key, n), tasks)
+
+    def body(carry, step_key):
+        cache, obs, state, prev_action, prev_reward = carry
+        act_key, env_key = jax.random.split(step_key)
+        step = StepInputs(_broadcast_obs(obs), prev_action[:, None], prev_reward[:, None])
+        logits, cache = decode_step(params, config, cache, step)
+        action = jax.random.categorical(act_key, logits / temperature).astype(jnp.int32)
+        obs, state, reward, terminated, truncated, _ = jax.vmap(env.step)(
+            jax.random.split(env_key, n), state, action, tasks)
+        done = jnp.logical_or(terminated, truncated)
+        carry = (cache, obs, state, action, reward.astype(jnp.float32))
+        return carry, Rollout(action, reward, done)
+
+    carry = (cache, obs, state, prev_action, prev_reward)
+    _, out = jax.lax.scan(body, carry, jax.random.split(key, num_steps))
+    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), out)
+
+
+@partial(jax.jit, static_argnames=("env", "num_steps"))
+def random_rollout(env, tasks: PyTree, key: jax.Array, num_steps: int) -> Rollout:
+    """A uniformly random policy on the same tasks (the floor of every curve)."""
+    n = jax.tree.leaves(tasks)[0].shape[0]
+    reset_key, key = jax.random.split(key)
+    _, state = jax.vmap(env.reset)(jax.random.split(reset_key, n), tasks)
+
+    def body(state, step_key):
+        act_key, env_key = jax.random.split(step_key)
+        action = jax.random.randint(act_key, (n,), 0, env.num_actions)
+        _, state, reward, terminated, truncated, _ = jax.vmap(env.step)(
+            jax.random.split(env_key, n), state, action, tasks)
+        return state, Rollout(action, reward, jnp.logical_or(terminated, truncated))
+
+    _, out = jax.lax.scan(body, state, jax.random.split(key, num_steps))
+    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), out)
+
+
+def episode_curve(rollout_or_history, num_episodes: int) -> np.ndarray:
+    """(N, num_episodes) returns of the first ``num_episodes`` completed episodes."""
+    r = rollout_or_history
+    done = r.done if hasattr(r, "done") else jnp.logical_or(r.terminated, r.truncated)
+    reward = jnp.asarray(r.reward, jnp.float32)
+    curve = jax.vmap(lambda rew, d: episode_returns_jax(rew, d, num_episodes + 1))(reward, done)
+    completed = jnp.asarray(done).sum(-1)
+    if int(completed.min()) < num_episodes:
+        raise ValueError(f"episode_curve: only {int(completed.min())} episodes completed, "
+                         f"asked for {num_episodes}")
+    return np.asarray(curve[:, :num_episodes])
+
+
+def by_episode(curve: np.ndarray, k: int) -> float:
+    """The issue's "by episode k": mean over episodes k−4 … k+5 (1-based), all rows."""
+    lo, hi = max(k - 5, 0), min(k + 5, curve.shape[-1])
+    return float(np.mean(curve[..., lo:hi]))
+
+
+def mean_and_ci(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over rows and the 95% normal confidence half-width (1.96 standard errors)."""
+    curves = np.asarray(curves, np.float64)
+    n = curves.shape[0]
+    se = curves.std(axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(curves.shape[1:])
+    return curves.mean(axis=0), 1.96 * se
+
+
+def repeat_tasks(tasks: PyTree, times: int) -> PyTree:
+    """Each task ``times`` times in a row (several rollouts per task)."""
+    return jax.tree.map(lambda x: jnp.repeat(jnp.asarray(x), times, axis=0), tasks)
+
+
+def eval_tasks(env, split: str, num_tasks: int, key: jax.Array) -> PyTree:
+    """Every task of ``split`` for finite task sets, else ``num_tasks`` sampled ones."""
+    if env.finite_tasks:
+        return env.tasks(split)
+    return jax.vmap(lambda k: env.sample_params(k, split))(jax.random.split(key, num_tasks))
+
+
+def source_curve(env, source_name: str, source_config, tasks: PyTree, key: jax.Array,
+                 num_episodes: int) -> np.ndarray:
+    """The source algorithm learning from scratch on each task: (N, num_episodes) returns."""
+    import source_agents
+
+    source = source_agents.get(source_name)
+    cfg = dataclasses.replace(source_config,
+                              num_steps=max(source_config.num_steps,
+                                            num_episodes * env.max_episode_steps))
+    n = jax.tree.leaves(tasks)[0].shape[0]
+    train = jax.jit(jax.vmap(source.make_train(env, cfg)))
+    history = train(jax.random.split(key, n), tasks)
+    return episode_curve(history, num_episodes)

@@ -1,0 +1,403 @@
+"""Distillation: train the AD transformer on windows of learning histories.
+
+    from ad.train import DistillConfig, distill
+    run_dir = distill(DistillConfig(dataset="data/darkroom-ppo", out="runs/darkroom-ad"))
+    model = load_model(run_dir)            # config + params, one call
+
+The algorithm, top to bottom (``distill``):
+1. Open the memory-mapped dataset (never loaded whole) and build the model config for its
+   env. Windows are ``window`` consecutive steps of one history (never crossing two),
+   longer than the attention band ``context`` so training sees the same banded
+   attention as evaluation. Window ``j`` of optimiser step ``s`` is drawn by
+   ``numpy.random.default_rng([seed, s])``: batches are a pure function of the step, so
+   resuming at step ``s`` replays exactly the batches an uninterrupted run would see
+   (the sampler's whole state is the step number, which the checkpoint holds).
+2. A background thread reads and assembles the next batches and puts them on the devices
+   (sharded over the batch axis) while the current step runs.
+3. One jitted ``train_step`` (``ad.train_step``) runs data-parallel over every device:
+   params replicated, batch split over a 1-D ``("data",)`` mesh; XLA inserts the
+   gradient all-reduce. The same command runs on 1 CPU, a GPU or many devices.
+4. Every ``checkpoint_every`` steps the train state is written atomically; a killed run
+   restarted with the same command resumes from the last checkpoint and ends where an
+   uninterrupted run would. Metrics go to ``metrics.jsonl`` (and TensorBoard when
+   ``tensorboardX`` is installed); a progress bar shows loss and env-steps/s.
+5. The final model is saved as ``model/config.json`` + ``model/params.msgpack``.
+
+Expert Distillation (ED), the paper's baseline, is the same loop with
+``last_steps`` set: windows come only from the final (expert) part of each history.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from tqdm.auto import tqdm
+
+from ad.dataset import Dataset, load_dataset
+from ad.model import ADTransformer, ModelConfig, StepInputs, init_params
+from ad.train_step import Batch, TrainState, init_train_state, make_optimizer, make_train_step
+from ad.utils import atomic_write_bytes, atomic_write_text, provenance
+
+PyTree = Any
+CONFIG_FILE = "distill_config.json"
+CKPT_DIR = "checkpoints"
+MODEL_DIR = "model"
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """Everything that defines one distillation run (saved as ``distill_config.json``)."""
+
+    dataset: str  # path of a dataset written by experiments.collect (training tasks)
+    out: str  # run directory: checkpoints, metrics.jsonl, model/
+    seed: int = 0  # model init, dropout and window sampling
+    # ---- model (see ad.model.ModelConfig) -------------------------------------------------
+    context: int = 60  # c: steps every attention layer sees (the band)
+    window: int = 0  # T: steps per training window; 0 means 2 * context
+    d_model: int = 64  # residual width
+    num_layers: int = 2  # transformer blocks
+    num_heads: int = 4  # attention heads
+    mlp_dim: int = 256  # MLP hidden width
+    dropout: float = 0.1  # residual/MLP dropout
+    attn_dropout: float = 0.0  # attention-probability dropout
+    token_mask_prob: float = 0.0  # random token masking during training
+    token_layout: str = "step"  # "step" (one token per step) or "oar" (paper's 3 tokens)
+    positions: str = "rope"  # "rope" or "alibi"
+    obs_encoder: str = ""  # "" picks the env's default ("cell" for grid cells)
+    dtype: str = "float32"  # "bfloat16" compute on accelerators
+    # ---- optimisation ---------------------------------------------------------------------
+    batch_size: int = 128  # windows per step, split over all devices
+    num_steps: int = 2000  # optimiser steps
+    lr: float = 1e-3  # peak learning rate (after warm-up; cosine decay to 0)
+    warmup_steps: int = 100  # linear warm-up
+    weight_decay: float = 1e-4  # AdamW decay on matrices
+    grad_clip: float = 1.0  # global-norm clipping (<= 0: off)
+    label_smoothing: float = 0.0  # on the action targets
+    # ---- data -----------------------------------------------------------------------------
+    last_steps: int = 0  # > 0: Expert Distillation, windows only from each history's last
+    #   last_steps steps (its final, expert episodes)
+    # ---- bookkeeping ----------------------------------------------------------------------
+    checkpoint_every: int = 500  # steps between checkpoints (and at the end)
+    log_every: int = 50  # steps between metric lines
+    progress: bool = True  # show a progress bar
+
+    def __post_init__(self):
+        for name in ("context", "d_model", "num_layers", "num_heads", "mlp_dim", "batch_size",
+                     "num_steps", "checkpoint_every", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"DistillConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.window and self.window <= self.context:
+            raise ValueError(f"DistillConfig.window ({self.window}) must exceed context "
+                             f"({self.context}) so training sees the banded attention")
+        if self.last_steps < 0:
+            raise ValueError(f"DistillConfig.last_steps must be >= 0, got {self.last_steps}")
+
+    @property
+    def window_steps(self) -> int:
+        return self.window or 2 * self.context
+
+
+def model_config_for(config: DistillConfig, env) -> ModelConfig:
+    """The ``ModelConfig`` a distillation run trains, matched to the dataset's env."""
+    overrides = dict(
+        d_model=config.d_model, num_layers=config.num_layers, num_heads=config.num_heads,
+        mlp_dim=config.mlp_dim, dropout=config.dropout, attn_dropout=config.attn_dropout,
+        token_mask_prob=config.token_mask_prob, context=config.context,
+        token_layout=config.token_layout, positions=config.positions, dtype=config.dtype)
+    if config.obs_encoder:
+        overrides["obs_encoder"] = config.obs_encoder
+    return ModelConfig.for_env(env, **overrides)
+
+
+# ----------------------------------------------------------------------------------------
+# Data: windows of histories -> batches
+# ----------------------------------------------------------------------------------------
+class WindowSampler:
+    """Deterministic batches of training windows: batch ``s`` depends only on (seed, s).
+
+    A window is ``T`` consecutive steps of one history. To build ``prev_action`` /
+    ``prev_reward`` for its first step it reads the step before it; a window that starts
+    at step 0 starts its stream and gets the "none" action and reward 0 (DESIGN.md).
+    """
+
+    def __init__(self, dataset: Dataset, window: int, batch_size: int, seed: int,
+                 num_actions: int, last_steps: int = 0):
+        T, n = window, dataset.num_steps
+        if n < T + 1:
+            raise ValueError(f"{dataset.path}: histories have {n} steps, too short for "
+                             f"windows of {T} steps (need at least {T + 1})")
+        self.dataset, self.T, self.B, self.seed = dataset, T, batch_size, seed
+        self.num_actions = num_actions
+        self.lo = 0 if last_steps <= 0 else max(0, n - max(last_steps, T))
+        self.hi = n - T  # inclusive upper bound of a window start
+
+    def indices(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, step])
+        history = rng.integers(0, self.dataset.num_histories, self.B)
+        start = rng.integers(self.lo, self.hi + 1, self.B)
+        return history, start
+
+    def batch(self, step: int) -> Batch:
+        history, start = self.indices(step)
+        # Read T + 1 steps beginning one step early (or at 0), then select the window.
+        first = np.maximum(start - 1, 0)
+        rows = self.dataset.read_windows(history, first, self.T + 1)
+        offset = (start > 0).astype(np.int64)[:, None]  # 1: the window is rows[1:]
+        idx = offset + np.arange(self.T)[None]  # (B, T)
+
+        def take(x):
+            return np.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+        obs = jax.tree.map(take, rows.obs)
+        action, reward = take(rows.action), take(rows.reward)
+        prev_action = np.concatenate([rows.action[:, :1], action[:, :-1]], axis=1)
+        prev_reward = np.concatenate([rows.reward[:, :1], reward[:, :-1]], axis=1)
+        at_stream_start = start == 0
+        prev_action[at_stream_start, 0] = self.num_actions  # the "none" action token
+        prev_reward[at_stream_start, 0] = 0.0
+        inputs = StepInputs(obs=jax.tree.map(lambda o: o.astype(np.int32), obs),
+                            prev_action=prev_action.astype(np.int32),
+                            prev_reward=prev_reward.astype(np.float32))
+        return Batch(inputs=inputs, target_action=action.astype(np.int32),
+                     mask=np.ones(action.shape, np.float32))
+
+
+class Prefetcher:
+    """Assemble batches ``start..stop-1`` in a thread and put them on the devices early."""
+
+    def __init__(self, sampler: WindowSampler, start: int, stop: int, sharding, depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+
+        def work():
+            try:
+                for step in range(start, stop):
+                    if self._stop.is_set():
+                        return
+                    item = jax.device_put(sampler.batch(step), sharding)
+                    while not self._stop.is_set():
+                        try:
+                            self._queue.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+            except BaseException as e:  # surface reader errors in the training loop
+                self._queue.put(e)
+
+        self._thread = threading.Thread(target=work, daemon=True)
+        self._thread.start()
+
+    def next(self) -> Batch:
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+# ----------------------------------------------------------------------------------------
+# Checkpoints and saved models
+# ----------------------------------------------------------------------------------------
+def _checkpoint_path(run_dir: Path, step: int) -> Path:
+    return run_dir / CKPT_DIR / f"step_{step:08d}.msgpack"
+
+
+def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
+    paths = sorted((run_dir / CKPT_DIR).glob("step_*.msgpack"))
+    if not paths:
+        return None
+    return int(paths[-1].stem.split("_")[1]), paths[-1]
+
+
+def save_checkpoint(run_dir: Path, state: TrainState, keep: int = 2) -> None:
+    step = int(state.step)
+    atomic_write_bytes(_checkpoint_path(run_dir, step),
+                       serialization.to_bytes(jax.device_get(state)))
+    for old in sorted((run_dir / CKPT_DIR).glob("step_*.msgpack"))[:-keep]:
+        old.unlink()
+
+
+def restore_checkpoint(path: Path, template: TrainState) -> TrainState:
+    try:
+        return serialization.from_bytes(template, path.read_bytes())
+    except Exception as e:  # a half-written file cannot exist (atomic), but a foreign one can
+        raise ValueError(f"{path}: not a checkpoint of this run ({e})") from e
+
+
+class LoadedModel(NamedTuple):
+    """A trained AD model: everything evaluation and analysis need."""
+
+    config: ModelConfig
+    params: PyTree
+    env_name: str
+    env_overrides: dict
+    run_dir: Path
+
+    @property
+    def env(self):
+        import envs
+
+        return envs.make(self.env_name, **self.env_overrides)
+
+    def apply(self, inputs: StepInputs) -> jax.Array:
+        return ADTransformer(self.config).apply({"params": self.params}, inputs, train=False)
+
+
+def save_model(run_dir: Path, config: ModelConfig, params: PyTree, dataset: Dataset) -> Path:
+    model_dir = run_dir / MODEL_DIR
+    meta = {"model_config": dataclasses.asdict(config), "env": dataset.spec.env,
+            "env_overrides": dict(dataset.spec.env_overrides),
+            "dataset": str(dataset.path), "source": dataset.spec.source}
+    atomic_write_bytes(model_dir / "params.msgpack", serialization.to_bytes(jax.device_get(params)))
+    atomic_write_text(model_dir / "config.json", json.dumps(meta, indent=2))
+    return model_dir
+
+
+def load_model(run_dir: str | os.PathLike) -> LoadedModel:
+    """Load a trained model (config + params) from a run directory or its ``model/``."""
+    run_dir = Path(run_dir)
+    model_dir = run_dir / MODEL_DIR if (run_dir / MODEL_DIR).is_dir() else run_dir
+    cfg_path = model_dir / "config.json"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{cfg_path}: no trained model here (did distillation finish?)")
+    meta = json.loads(cfg_path.read_text())
+    config = ModelConfig.from_dict(meta["model_config"])
+    template = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
+    template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
+    params = serialization.from_bytes(template, (model_dir / "params.msgpack").read_bytes())
+    return LoadedModel(config, params, meta["env"], meta["env_overrides"],
+                       model_dir.parent if model_dir.name == MODEL_DIR else model_dir)
+
+
+# ----------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------
+def _check_resume(run_dir: Path, config: DistillConfig, overwrite: bool) -> None:
+    cfg_path = run_dir / CONFIG_FILE
+    wanted = dataclasses.asdict(config)
+    if cfg_path.exists():
+        if overwrite:
+            import shutil
+
+            shutil.rmtree(run_dir)
+        else:
+            saved = json.loads(cfg_path.read_text())
+            ignore = {"progress"}
+            diff = sorted(k for k in set(saved) | set(wanted)
+                          if k not in ignore and saved.get(k) != wanted.get(k))
+            if diff:
+                raise ValueError(
+                    f"{run_dir}: holds a run with a different config (fields {diff}); use a new "
+                    f"--out or --overwrite")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not cfg_path.exists():
+        atomic_write_text(cfg_path, json.dumps(wanted, indent=2))
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from tensorboardX import SummaryWriter  # optional
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tb"))
+
+
+def distill(config: DistillConfig, overwrite: bool = False) -> Path:
+    """Train (or resume) a distillation run; returns the run directory."""
+    run_dir = Path(config.out)
+    dataset = load_dataset(config.dataset)
+    env = dataset.env
+    model_config = model_config_for(config, env)
+    _check_resume(run_dir, config, overwrite)
+
+    devices = jax.devices()
+    if config.batch_size % len(devices):
+        raise ValueError(f"DistillConfig.batch_size={config.batch_size} must be divisible by "
+                         f"the number of devices ({len(devices)})")
+    mesh = Mesh(np.array(devices), ("data",))
+    replicated, data_sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+    model = ADTransformer(model_config)
+    optimizer = make_optimizer(config.lr, min(config.warmup_steps, config.num_steps),
+                               config.num_steps, config.weight_decay, config.grad_clip)
+    init_key, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    state = init_train_state(init_params(model_config, init_key, config.window_steps),
+                             optimizer, dropout_key)
+    resumed = latest_checkpoint(run_dir)
+    if resumed is not None:
+        state = restore_checkpoint(resumed[1], state)
+    state = jax.device_put(state, replicated)
+    start_step = int(state.step)
+
+    train_step = jax.jit(make_train_step(model, optimizer, config.label_smoothing),
+                         in_shardings=(replicated, data_sharded),
+                         out_shardings=(replicated, replicated), donate_argnums=0)
+    sampler = WindowSampler(dataset, config.window_steps, config.batch_size, config.seed,
+                            model_config.num_actions, config.last_steps)
+
+    metrics_path = run_dir / "metrics.jsonl"
+    _truncate_metrics(metrics_path, start_step)
+    tb = _tensorboard(run_dir)
+    steps_per_batch = config.batch_size * config.window_steps
+    bar = tqdm(total=config.num_steps, initial=start_step, disable=not config.progress,
+               desc=f"distill {run_dir.name}", unit="step", dynamic_ncols=True)
+    prefetch = Prefetcher(sampler, start_step, config.num_steps, data_sharded)
+    t0, last_t, last_step = time.time(), time.time(), start_step
+    metrics = None
+    try:
+        with open(metrics_path, "a") as log:
+            for step in range(start_step, config.num_steps):
+                state, metrics = train_step(state, prefetch.next())
+                done = step + 1
+                if done % config.log_every == 0 or done == config.num_steps:
+                    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    now = time.time()
+                    rate = (done - last_step) * steps_per_batch / max(now - last_t, 1e-9)
+                    last_t, last_step = now, done
+                    record = {"step": done, **m, "env_steps_per_s": rate,
+                              "wall_s": now - t0}
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                    if tb is not None:
+                        for k, v in record.items():
+                            tb.add_scalar(k, v, done)
+                    bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.2f}",
+                                    steps_s=f"{rate:,.0f}")
+                if done % config.checkpoint_every == 0 or done == config.num_steps:
+                    save_checkpoint(run_dir, state)
+                bar.update(1)
+    finally:
+        prefetch.close()
+        bar.close()
+        if tb is not None:
+            tb.close()
+    save_model(run_dir, model_config, state.params, dataset)
+    atomic_write_text(run_dir / "provenance.json", json.dumps(
+        {"config": dataclasses.asdict(config), "model_config": dataclasses.asdict(model_config),
+         "devices": [str(d) for d in devices], "wall_s": time.time() - t0,
+         "resumed_from": start_step, **provenance()}, indent=2))
+    return run_dir
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines past the checkpoint we resume from (they will be recomputed)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
