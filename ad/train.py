@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -98,9 +97,10 @@ class DistillConfig:
                      "num_steps", "checkpoint_every", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"DistillConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.window and self.window <= self.context:
-            raise ValueError(f"DistillConfig.window ({self.window}) must exceed context "
-                             f"({self.context}) so training sees the banded attention")
+        if self.window and self.window < self.context:
+            raise ValueError(f"DistillConfig.window ({self.window}) must be >= context "
+                             f"({self.context}); longer windows (2c-4c) train the banded "
+                             f"attention that long evaluations use")
         if self.last_steps < 0:
             raise ValueError(f"DistillConfig.last_steps must be >= 0, got {self.last_steps}")
 
@@ -135,9 +135,9 @@ class WindowSampler:
     def __init__(self, dataset: Dataset, window: int, batch_size: int, seed: int,
                  num_actions: int, last_steps: int = 0):
         T, n = window, dataset.num_steps
-        if n < T + 1:
+        if n < T:
             raise ValueError(f"{dataset.path}: histories have {n} steps, too short for "
-                             f"windows of {T} steps (need at least {T + 1})")
+                             f"windows of {T} steps")
         self.dataset, self.T, self.B, self.seed = dataset, T, batch_size, seed
         self.num_actions = num_actions
         self.lo = 0 if last_steps <= 0 else max(0, n - max(last_steps, T))
@@ -151,10 +151,12 @@ class WindowSampler:
 
     def batch(self, step: int) -> Batch:
         history, start = self.indices(step)
-        # Read T + 1 steps beginning one step early (or at 0), then select the window.
-        first = np.maximum(start - 1, 0)
-        rows = self.dataset.read_windows(history, first, self.T + 1)
-        offset = (start > 0).astype(np.int64)[:, None]  # 1: the window is rows[1:]
+        # Read the window plus the step before it (when there is one), then select the
+        # window: rows[offset : offset + T] with offset 1 iff the window starts mid-stream.
+        length = min(self.T + 1, self.dataset.num_steps)
+        first = np.clip(start - 1, 0, self.dataset.num_steps - length)
+        rows = self.dataset.read_windows(history, first, length)
+        offset = (start - first)[:, None]  # 0 or 1
         idx = offset + np.arange(self.T)[None]  # (B, T)
 
         def take(x):

@@ -1,0 +1,476 @@
+"""Collect learning histories from a source agent into an on-disk dataset.
+
+    python -m experiments.collect --env darkroom --source ppo --histories 2000 --out data/darkroom-ppo
+
+Runs ``jax.jit(jax.vmap(train))`` of the source (``source_agents``) over one shard of
+histories at a time, sharded over every device along the history axis, and writes each
+shard atomically with ``ad.dataset.DatasetWriter`` (format in ``ad/dataset.py``).
+Ctrl-C (or a crash) keeps the finished shards; rerunning the same command resumes.
+
+Reproducibility: history ``i`` is determined by ``(seed, i)`` alone: its key is
+``fold_in(key(seed), i)`` (split into a task key and a training key), and on a finite
+task set its task is ``env.tasks(split)[i % n_tasks]`` (every task gets about
+``histories / n_tasks`` histories with different seeds); on a continuous task
+distribution its task is ``env.sample_params(task_key, split)``. So the data do not
+depend on the shard size, the device count, or on where a run was interrupted.
+
+Episode subsampling (``--subsample-every k``, the AD paper's trick to make progress per
+context window larger): only episodes ``0, k, 2k, ...`` of each history are stored; the
+other episodes' steps are dropped at write time. A dataset is a dense ``(n, T)`` array,
+so this requires fixed-length episodes (Dark Room, bandits, Key-to-Door with a fixed
+horizon): the kept step count is then the same for every history. Variable-length
+episodes raise a ``ValueError`` rather than being padded, because padding would put
+fake steps inside training windows. The stored ``episode_returns`` stay the source's
+full learning curve (all episodes), and ``spec.extra["subsample_every"]`` records ``k``.
+
+Library use: ``collect(CollectConfig(env="darkroom", source="noise", ...)) -> Path``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import importlib
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
+
+import envs
+import source_agents
+from ad.dataset import Dataset, DatasetError, DatasetSpec, DatasetWriter, returns_table
+from source_agents.history import LearningHistory
+
+HISTORY_AXIS = "histories"
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectConfig:
+    """One collection run; the CLI flags map one to one onto these fields."""
+
+    out: str | Path  # dataset directory to create (or resume)
+    env: str = "darkroom"  # registered environment name (envs.registered())
+    env_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # static env fields, e.g. {"horizon": 30}
+    source: str = "ppo"  # source agent: a name in source_agents.SOURCES or an importable module path
+    source_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # fields of the source Config, e.g. {"num_steps": 4000}
+    num_histories: int = 2000  # histories to collect (one agent on one task each)
+    split: str = "train"  # task split to collect on: "train" or "test"
+    seed: int = 0  # base seed; history i depends only on (seed, i)
+    shard_size: int = 256  # histories per jit call and per shard on disk (rounded up to the device count)
+    subsample_every: int = 1  # keep only episodes 0, k, 2k, ... (1 keeps all; needs fixed-length episodes)
+    overwrite: bool = False  # delete an existing dataset at `out` instead of resuming it
+    verbose: bool = True  # progress bar and closing summary on stdout
+
+    def __post_init__(self):
+        for field in ("num_histories", "shard_size", "subsample_every"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"CollectConfig.{field} must be an int >= 1, got {value!r}")
+        if self.split not in ("train", "test"):
+            raise ValueError(f"CollectConfig.split must be 'train' or 'test', got {self.split!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"CollectConfig.seed must be an int, got {self.seed!r}")
+
+
+class SourcePerformance(NamedTuple):
+    """How good the recorded source got, relative to the exact optimum of each task."""
+
+    final_fraction: float  # mean over histories of (mean return over the last 10% of episodes) / optimum
+    fraction_near_optimal: float  # share of histories whose final fraction is >= 0.9
+    num_scored: int  # histories with >= 1 completed episode and a positive optimum
+
+
+# ---------------------------------------------------------------------------------------
+# Sources, overrides, inputs
+# ---------------------------------------------------------------------------------------
+def resolve_source(name: str):
+    """A source namespace (``Config``, ``make_train``) by registered name or module path.
+
+    ``module.path`` or ``module.path:attribute`` lets researchers collect from their own
+    source without registering it.
+    """
+    if name in source_agents.SOURCES:
+        return source_agents.get(name)
+    if "." in name or ":" in name:
+        module_name, _, member = name.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise ValueError(f"source {name!r}: cannot import {module_name!r} ({e})") from None
+        source = getattr(module, member) if member else module
+        if not (hasattr(source, "Config") and hasattr(source, "make_train")):
+            raise ValueError(f"source {name!r} must expose Config and make_train")
+        return source
+    raise ValueError(
+        f"unknown source {name!r}; registered: {', '.join(sorted(source_agents.SOURCES))} "
+        "(or give an importable module path)"
+    )
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"key=value"`` -> ``(key, value)`` with value parsed as bool, int, float or str."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"override {text!r} must look like key=value")
+    raw = raw.strip()
+    if raw.lower() in ("true", "false"):
+        return key, raw.lower() == "true"
+    for parse in (int, float):
+        try:
+            return key, parse(raw)
+        except ValueError:
+            pass
+    return key, raw
+
+
+def coerce_overrides(cls: type, overrides: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """Check override names against a dataclass and match the defaults' types.
+
+    ``lr=1`` becomes ``1.0`` for a float field, so the same run spelled two ways gets
+    the same dataset spec (and resumes rather than clashing).
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(f"{what}: unknown field(s) {unknown}; valid fields: {sorted(fields)}")
+    out = {}
+    for key, value in overrides.items():
+        default = fields[key].default
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ValueError(f"{what}.{key} must be true or false, got {value!r}")
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float):
+            raise ValueError(f"{what}.{key} must be an int, got {value!r}")
+        out[key] = value
+    return out
+
+
+def make_history_inputs(env, split: str, seed: int):
+    """``inputs(indices) -> (train_keys, params)``: per-history keys and tasks (module doc)."""
+    base = jax.random.key(seed)
+    tasks = env.tasks(split) if env.finite_tasks else None
+    num_tasks = None if tasks is None else jax.tree.leaves(tasks)[0].shape[0]
+
+    def one(i):
+        task_key, train_key = jax.random.split(jax.random.fold_in(base, i))
+        if tasks is None:
+            params = env.sample_params(task_key, split)
+        else:
+            params = jax.tree.map(lambda x: x[i % num_tasks], tasks)
+        return train_key, params
+
+    return jax.vmap(one)
+
+
+def subsample_episodes(history: LearningHistory, every: int) -> LearningHistory:
+    """Keep episodes ``0, every, 2*every, ...`` of each history (fixed-length episodes only)."""
+    if every == 1:
+        return history
+    done = np.asarray(history.terminated) | np.asarray(history.truncated)  # (n, T)
+    # episode index of each step: completed episodes strictly before it
+    episode = np.cumsum(done, axis=1) - done
+    keep = episode % every == 0  # (n, T)
+    kept = keep.sum(axis=1)
+    for row in range(done.shape[0]):
+        lengths = np.diff(np.concatenate([[-1], np.flatnonzero(done[row])]))
+        if len(np.unique(lengths)) > 1:
+            raise ValueError(
+                f"subsample_every={every} needs fixed-length episodes, but history {row} has "
+                f"episode lengths {sorted(set(lengths.tolist()))[:5]}; collect with subsample_every=1"
+            )
+    if len(np.unique(kept)) > 1:
+        raise ValueError(f"subsample_every={every}: histories keep different step counts {sorted(set(kept.tolist()))[:5]}")
+    rows, cols = np.nonzero(keep)  # row-major: each history's kept steps in order
+    n, t_kept = done.shape[0], int(kept[0])
+    take = lambda x: np.asarray(x)[rows, cols].reshape(n, t_kept, *np.shape(x)[2:])  # noqa: E731
+    return jax.tree.map(take, history)
+
+
+def source_performance(dataset: Dataset) -> SourcePerformance:
+    """The closing-summary numbers, from the stored source returns and task params."""
+    env = dataset.env
+    optimum = np.asarray(jax.jit(jax.vmap(env.optimal_return))(dataset.task_params()), np.float64)
+    returns = np.asarray(dataset.episode_returns, np.float64)  # (n, E), NaN-padded
+    counts = dataset.num_episodes
+    tail = np.maximum(1, np.ceil(0.1 * counts)).astype(int)
+    j = np.arange(returns.shape[1])
+    in_tail = (j >= (counts - tail)[:, None]) & (j < counts[:, None])
+    tail_mean = np.where(in_tail, np.nan_to_num(returns), 0.0).sum(1) / tail
+    scored = (counts > 0) & (optimum > 0)
+    fraction = tail_mean[scored] / optimum[scored]
+    if not scored.any():
+        return SourcePerformance(float("nan"), float("nan"), 0)
+    return SourcePerformance(float(fraction.mean()), float((fraction >= 0.9).mean()), int(scored.sum()))
+
+
+# ---------------------------------------------------------------------------------------
+# The collection run
+# ---------------------------------------------------------------------------------------
+class ConfigError(ValueError):
+    """A bad env, source or override in a ``CollectConfig`` (the CLI prints it, no traceback)."""
+
+
+def _setup(config: CollectConfig):
+    """Build and validate the env, the source and its Config from ``config``."""
+    try:
+        env_cls = type(envs.make(config.env))
+        env_overrides = coerce_overrides(env_cls, config.env_overrides, f"env {config.env}")
+        env = envs.make(config.env, **env_overrides)
+        source = resolve_source(config.source)
+        source_overrides = coerce_overrides(source.Config, config.source_overrides, f"source {config.source} Config")
+        source_config = source.Config(**source_overrides)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from e
+    return env, env_overrides, source, source_config
+
+
+def collect(config: CollectConfig) -> Path:
+    """Collect (or resume, or just finalize) the dataset described by ``config``."""
+    env, env_overrides, source, source_config = _setup(config)
+    extra = {"subsample_every": config.subsample_every}
+    note = _history_note(env, source, config.split)
+    if note:
+        extra["history_note"] = note
+    spec = DatasetSpec(
+        env=config.env,
+        env_overrides=env_overrides,
+        env_config=dataclasses.asdict(env),
+        split=config.split,
+        source=config.source,
+        source_config=dataclasses.asdict(source_config),
+        num_histories=config.num_histories,
+        seed=config.seed,
+        extra=extra,
+    )
+    out = Path(config.out)
+    t_start = time.perf_counter()
+    with DatasetWriter(out, spec, overwrite=config.overwrite) as writer:
+        resumed = writer.num_completed
+        devices = jax.devices()
+        n_dev = len(devices)
+        shard_size = _round_up(min(config.shard_size, config.num_histories), n_dev)
+        pending = writer.pending(shard_size)
+        steps_per_history = source_config.num_steps
+        written, steady_steps, steady_time = 0, 0, 0.0
+        if pending:
+            run, inputs = _compiled(env, source_config, config, devices)
+            bar = tqdm(pending, unit="shard", disable=not config.verbose, desc=f"collect {out.name}")
+            for shard_index, (start, stop) in enumerate(bar):
+                t_shard = time.perf_counter()
+                # every call has shard_size histories (one compilation); the tail is dropped
+                indices = jnp.arange(start, start + shard_size, dtype=jnp.int32)
+                keys, params = inputs(indices)
+                history = jax.device_get(run(keys, params))
+                params = jax.device_get(params)
+                m = stop - start
+                history = jax.tree.map(lambda x: x[:m], history)
+                params = jax.tree.map(lambda x: x[:m], params)
+                returns, _ = returns_table(history.reward, history.terminated | history.truncated)
+                writer.write_shard(start, subsample_episodes(history, config.subsample_every), params, returns)
+                written += m
+                shard_time = time.perf_counter() - t_shard
+                if shard_index > 0:  # the first shard pays for compilation
+                    steady_steps, steady_time = steady_steps + m * steps_per_history, steady_time + shard_time
+                bar.set_postfix(env_steps_per_s=f"{m * steps_per_history / shard_time:,.0f}")
+        dataset = writer.finalize()
+    wall = time.perf_counter() - t_start
+    if config.verbose:
+        steady = steady_steps / steady_time if steady_time > 0 else None
+        print(_closing_summary(dataset, written, resumed, steps_per_history, wall, steady))
+    return out
+
+
+def _round_up(x: int, multiple: int) -> int:
+    return -(-x // multiple) * multiple
+
+
+def _compiled(env, source_config, config: CollectConfig, devices):
+    """Jitted ``run(keys, params)`` and ``inputs(indices)``, sharded over the history axis.
+
+    Both are cached on their (hashable, frozen) configs, so a pipeline that collects
+    several datasets with one source (train and test splits, resumes) compiles once.
+    """
+    devices = tuple(devices)
+    try:
+        run = _cached_run(env, config.source, source_config, devices)
+        inputs = _cached_inputs(env, config.split, config.seed, devices)
+    except TypeError:  # an unhashable config: build uncached
+        run = _cached_run.__wrapped__(env, config.source, source_config, devices)
+        inputs = _cached_inputs.__wrapped__(env, config.split, config.seed, devices)
+    return run, inputs
+
+
+def _history_sharding(devices: tuple) -> NamedSharding:
+    mesh = Mesh(np.asarray(devices), (HISTORY_AXIS,))
+    return NamedSharding(mesh, PartitionSpec(HISTORY_AXIS))  # split histories, not steps
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_run(env, source_name: str, source_config, devices: tuple):
+    train = jax.vmap(resolve_source(source_name).make_train(env, source_config))
+    if len(devices) == 1:
+        return jax.jit(train)
+    sharded = _history_sharding(devices)
+    return jax.jit(train, in_shardings=(sharded, sharded), out_shardings=sharded)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_inputs(env, split: str, seed: int, devices: tuple):
+    inputs = make_history_inputs(env, split, seed)
+    if len(devices) == 1:
+        return jax.jit(inputs)
+    sharded = _history_sharding(devices)
+    return jax.jit(inputs, in_shardings=sharded, out_shardings=(sharded, sharded))
+
+
+def _history_note(env, source, split: str) -> str | None:
+    """Say so when the source saw Markov features the recorded obs lack (e.g. has_key)."""
+    note = getattr(source, "HISTORY_NOTE", None)
+    if note:
+        return str(note)
+    key = jax.random.key(0)
+
+    def features(k):
+        _, state = env.reset(k, env.sample_params(k, split))
+        return env.source_features(state)
+
+    shape = jax.eval_shape(features, key).shape
+    if math.prod(shape) > 0:
+        return (
+            f"env.source_features (shape {tuple(shape)}) was available to the source; "
+            "the recorded obs is the env observation only"
+        )
+    return None
+
+
+def _closing_summary(
+    dataset: Dataset, written: int, resumed: int, steps_per_history: int, wall: float, steady: float | None
+) -> str:
+    perf = source_performance(dataset)
+    env_steps = written * steps_per_history
+    steady_text = f", {steady:,.0f} steps/s after the first shard" if steady else ""
+    return "\n".join(
+        [
+            dataset.summary(),
+            f"this run: {written} histories, {env_steps:,} env steps in {wall:.1f} s "
+            f"({env_steps / max(wall, 1e-9):,.0f} steps/s incl. compilation{steady_text}); "
+            f"{resumed} histories were already on disk",
+            f"source over the last 10% of its episodes: {100 * perf.final_fraction:.1f}% of optimal return "
+            f"(mean over {perf.num_scored} histories); {100 * perf.fraction_near_optimal:.1f}% of histories "
+            f">= 90% of optimal",
+        ]
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.collect",
+        description=(
+            "Collect learning histories of a source agent on many tasks into a memory-mapped\n"
+            "dataset directory (format: ad/dataset.py). Interrupt any time (Ctrl-C); rerun the\n"
+            "same command to resume from the finished shards. History i depends only on\n"
+            "(--seed, i): shard size, device count and resumes never change the data."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  python -m experiments.collect --env darkroom --source ppo --histories 2000 \\\n"
+            "      --out data/darkroom-ppo\n"
+            "  python -m experiments.collect --env darkroom --source noise \\\n"
+            "      --source-override num_steps=4000 --histories 260 --subsample-every 2 \\\n"
+            "      --out data/darkroom-noise\n"
+            "  python -m experiments.collect --env darkroom --env-override horizon=30 \\\n"
+            "      --source noise --split test --histories 16 --out data/darkroom-noise-test\n"
+        ),
+    )
+    parser.add_argument("--env", default="darkroom", help=f"environment name, one of: {', '.join(envs.registered())} (default: darkroom)")
+    parser.add_argument(
+        "--env-override", action="append", default=[], metavar="KEY=VALUE",
+        help="set a static env field, e.g. horizon=30 (repeatable; values parse as bool/int/float/str)",
+    )
+    parser.add_argument(
+        "--source", default="ppo",
+        help=f"source agent: one of {', '.join(sorted(source_agents.SOURCES))}, or an importable "
+        "module path exposing Config and make_train (default: ppo)",
+    )
+    parser.add_argument(
+        "--source-override", action="append", default=[], metavar="KEY=VALUE",
+        help="set a field of the source's Config, e.g. num_steps=4000 (the history length in env "
+        "steps); repeatable",
+    )
+    parser.add_argument("--histories", type=int, default=2000, metavar="N", help="number of histories to collect (default: 2000)")
+    parser.add_argument("--split", choices=("train", "test"), default="train", help="task split (default: train)")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="base seed; history i depends only on (seed, i) (default: 0)")
+    parser.add_argument(
+        "--shard-size", type=int, default=256, metavar="B",
+        help="histories per jit call and per shard file set, rounded up to a multiple of the "
+        "device count (default: 256); does not change the data",
+    )
+    parser.add_argument(
+        "--subsample-every", type=int, default=1, metavar="K",
+        help="store only episodes 0, K, 2K, ... of each history (the AD paper's subsampling; "
+        "needs fixed-length episodes; default: 1, keep all)",
+    )
+    parser.add_argument("--out", required=True, help="dataset directory to create or resume")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="delete an existing dataset at --out first (by default a matching one is resumed and "
+        "a different one is an error)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> CollectConfig:
+    return CollectConfig(
+        out=args.out,
+        env=args.env,
+        env_overrides=dict(parse_override(o) for o in args.env_override),
+        source=args.source,
+        source_overrides=dict(parse_override(o) for o in args.source_override),
+        num_histories=args.histories,
+        split=args.split,
+        seed=args.seed,
+        shard_size=args.shard_size,
+        subsample_every=args.subsample_every,
+        overwrite=args.overwrite,
+        verbose=not args.quiet,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+    try:
+        collect(config)
+    except (ConfigError, DatasetError) as e:  # user errors: a message, not a traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: finished shards are kept in {config.out}; rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Run one experimental setting end to end: collect -> distill -> evaluate -> plot.
+
+    python -m experiments.run darkroom                 # one AD seed vs its source
+    python -m experiments.run darkroom --seeds 0 1 2 --ed
+    python -m experiments.run bandit --out results     # the README's demo setting
+
+Every stage caches its output and resumes when interrupted: the dataset lives in
+``<data>/<setting>``, each model in ``<runs>/<setting>/{ad,ed}-seed<k>``, the results in
+``<out>/<setting>/eval.json`` (curves, summary, configs, provenance) and
+``<out>/<setting>/curves.png``. Rerunning the same command reuses what is finished.
+
+Evaluation (``ad.evaluate``): on held-out tasks and, beside them, training tasks, AD acts
+in context for ``eval_episodes`` episodes with sampled actions; on the same tasks the
+source algorithm learns from scratch (its own learning curve), a random policy acts, and
+the optimum is exact. Curves are per-episode returns (bandits: reward per pull and
+cumulative pseudo-regret) with 95% bands over tasks × rollouts × training seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import envs
+import source_agents
+from ad import evaluate as ev
+from ad.plots import plot_curves
+from ad.train import DistillConfig, distill, load_model
+from ad.utils import atomic_write_text, provenance
+from experiments.collect import CollectConfig, collect
+from experiments.settings import SETTINGS, Setting, get_setting
+
+
+def _is_bandit(env) -> bool:
+    return env.max_episode_steps == 1
+
+
+def _pseudo_regret(env, tasks, actions: np.ndarray) -> np.ndarray:
+    """Bandits: cumulative expected regret ``sum_t (max mean − mean[a_t])``, (N, S)."""
+    means = np.asarray(tasks.means)
+    gap = means.max(-1, keepdims=True) - np.take_along_axis(means, np.asarray(actions), -1)
+    return np.cumsum(gap, axis=-1)
+
+
+def evaluate_setting(setting: Setting, ad_models: list, ed_models: list, seed: int = 1234,
+                     splits=("test", "train")) -> dict:
+    """All curves for one setting: ``{split: {label: (rows, E) array}}`` plus optimum."""
+    env = envs.make(setting.env, **setting.env_overrides)
+    E = setting.eval_episodes
+    num_steps = E * env.max_episode_steps
+    source = source_agents.get(setting.source)
+    source_config = source.Config(**setting.source_overrides)
+    out: dict = {}
+    for split in splits:
+        key = jax.random.fold_in(jax.random.PRNGKey(seed), 0 if split == "test" else 1)
+        tasks = ev.eval_tasks(env, split, setting.eval_tasks, key)
+        if env.finite_tasks:
+            tasks = ev.repeat_tasks(tasks, setting.eval_rollouts_per_task)
+        n = jax.tree.leaves(tasks)[0].shape[0]
+        curves, regrets = {}, {}
+        for label, models in (("AD", ad_models), ("ED", ed_models)):
+            rows, reg = [], []
+            for i, m in enumerate(models):
+                r = ev.ad_rollout(m.params, m.config, env, tasks,
+                                  jax.random.fold_in(key, 100 + i), num_steps)
+                rows.append(ev.episode_curve(r, E))
+                if _is_bandit(env):
+                    reg.append(_pseudo_regret(env, tasks, r.action))
+            if rows:
+                curves[label] = np.concatenate(rows)
+                if reg:
+                    regrets[label] = np.concatenate(reg)
+        train = jax.jit(jax.vmap(source.make_train(env, source_config)))
+        history = train(jax.random.split(jax.random.fold_in(key, 7), n), tasks)
+        available = int(np.asarray(jnp.logical_or(history.terminated, history.truncated)).sum(-1).min())
+        curves["source"] = ev.episode_curve(history, min(E, available))
+        if _is_bandit(env):
+            regrets["source"] = _pseudo_regret(env, tasks, history.action)[:, :E]
+        rnd = ev.random_rollout(env, tasks, jax.random.fold_in(key, 8), num_steps)
+        curves["random"] = ev.episode_curve(rnd, E)
+        if _is_bandit(env):
+            regrets["random"] = _pseudo_regret(env, tasks, rnd.action)
+        optimum = np.asarray(jax.vmap(env.optimal_return)(tasks))
+        out[split] = {"curves": curves, "regret": regrets, "optimum": optimum, "num_rollouts": n}
+    return out
+
+
+def summarise(setting: Setting, results: dict) -> dict:
+    """Numbers for the README and the closing summary ("by episode k" = mean of k−4..k+5)."""
+    summary = {}
+    for split, r in results.items():
+        opt = float(np.mean(r["optimum"]))
+        s = {"optimal_mean_return": opt, "rollouts": r["num_rollouts"]}
+        for label, c in r["curves"].items():
+            s[label] = {f"by_episode_{k}": ev.by_episode(c, k)
+                        for k in setting.report_episodes if k <= c.shape[1]}
+            s[label].update({f"fraction_of_optimum_by_episode_{k}": v / opt if opt else None
+                             for k, v in list(s[label].items())})
+        for label, reg in r["regret"].items():
+            s[label]["cumulative_regret"] = float(reg[:, -1].mean())
+            s[label]["cumulative_regret_se"] = float(reg[:, -1].std(ddof=1) / np.sqrt(len(reg)))
+        summary[split] = s
+    return summary
+
+
+def _panels(results: dict, key: str = "curves") -> dict:
+    names = {"test": "held-out tasks", "train": "training tasks"}
+    panels = {}
+    for split, r in results.items():
+        panel = {}
+        for label, c in r[key].items():
+            mean, ci = ev.mean_and_ci(c)
+            panel[label] = {"mean": mean, "ci": ci}
+        if key == "curves":
+            opt = float(np.mean(r["optimum"]))
+            panel["optimal"] = {"mean": np.full(c.shape[1], opt), "ci": None}
+        panels[names[split]] = panel
+    return panels
+
+
+def _jsonable(results: dict) -> dict:
+    out = {}
+    for split, r in results.items():
+        out[split] = {
+            "curves": {k: {"mean": ev.mean_and_ci(v)[0].tolist(), "ci95": ev.mean_and_ci(v)[1].tolist(),
+                           "rows": int(v.shape[0])} for k, v in r["curves"].items()},
+            "regret": {k: {"mean": ev.mean_and_ci(v)[0].tolist(), "ci95": ev.mean_and_ci(v)[1].tolist()}
+                       for k, v in r["regret"].items()},
+            "optimal_mean_return": float(np.mean(r["optimum"])),
+        }
+    return out
+
+
+def print_summary(setting: Setting, summary: dict) -> None:
+    print(f"\n=== {setting.name}: in-context results ({setting.eval_episodes} episodes) ===")
+    for split, s in summary.items():
+        print(f"-- {'held-out' if split == 'test' else 'training'} tasks "
+              f"(optimum {s['optimal_mean_return']:.3f}, {s['rollouts']} rollouts per model)")
+        ks = setting.report_episodes
+        print(f"{'':8s}" + "".join(f"{'ep ' + str(k):>10s}" for k in ks) + "   cum.regret")
+        for label in ("AD", "ED", "source", "random"):
+            if label not in s:
+                continue
+            row = "".join(f"{s[label].get(f'by_episode_{k}', float('nan')):10.3f}" for k in ks)
+            reg = s[label].get("cumulative_regret")
+            print(f"{label:8s}{row}" + (f"   {reg:8.2f}" if reg is not None else ""))
+
+
+def run(setting: Setting, seeds=(0,), with_ed: bool = False, data_root="data", runs_root="runs",
+        out_root="results", distill_overrides: dict | None = None, quiet: bool = False) -> dict:
+    t0 = time.time()
+    timings = {}
+    data_dir = Path(data_root) / setting.name
+    collect(CollectConfig(out=data_dir, env=setting.env, env_overrides=setting.env_overrides,
+                          source=setting.source, source_overrides=setting.source_overrides,
+                          num_histories=setting.histories, split="train", seed=0,
+                          subsample_every=setting.subsample_every, verbose=not quiet))
+    timings["collect_s"] = time.time() - t0
+    distill_kw = {**setting.distill, **(distill_overrides or {})}
+    ad_models, ed_models = [], []
+    for seed in seeds:
+        t = time.time()
+        run_dir = distill(DistillConfig(dataset=str(data_dir), out=str(Path(runs_root) / setting.name / f"ad-seed{seed}"),
+                                        seed=seed, progress=not quiet, **distill_kw))
+        timings[f"distill_ad_seed{seed}_s"] = time.time() - t
+        ad_models.append(load_model(run_dir))
+        if with_ed:
+            t = time.time()
+            last = setting.ed_last_steps or max(distill_kw.get("window", 0), 2 * distill_kw["context"])
+            run_dir = distill(DistillConfig(dataset=str(data_dir), out=str(Path(runs_root) / setting.name / f"ed-seed{seed}"),
+                                            seed=seed, progress=not quiet, last_steps=last, **distill_kw))
+            timings[f"distill_ed_seed{seed}_s"] = time.time() - t
+            ed_models.append(load_model(run_dir))
+    t = time.time()
+    results = evaluate_setting(setting, ad_models, ed_models)
+    timings["evaluate_s"] = time.time() - t
+    timings["total_s"] = time.time() - t0
+    summary = summarise(setting, results)
+    out_dir = Path(out_root) / setting.name
+    plot_curves(_panels(results), out_dir / "curves.png",
+                title=f"{setting.name}: AD in context vs its source ({setting.source}), "
+                      f"{len(seeds)} seed(s)",
+                ylabel="reward per pull" if setting.eval_episodes and _is_bandit(envs.make(setting.env)) else "return per episode",
+                xlabel="pull" if _is_bandit(envs.make(setting.env)) else "episode")
+    if any(r["regret"] for r in results.values()):
+        plot_curves(_panels(results, "regret"), out_dir / "regret.png",
+                    title=f"{setting.name}: cumulative regret", ylabel="cumulative regret",
+                    xlabel="pull")
+    record = {"setting": dataclasses.asdict(setting), "seeds": list(seeds), "with_ed": with_ed,
+              "distill": distill_kw, "summary": summary, "timings": timings,
+              "results": _jsonable(results), **provenance()}
+    atomic_write_text(out_dir / "eval.json", json.dumps(record, indent=1))
+    if not quiet:
+        print_summary(setting, summary)
+        print("\nwall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+        print(f"wrote {out_dir / 'eval.json'} and {out_dir / 'curves.png'}")
+    return record
+
+
+def _parse_kv(items):
+    out = {}
+    for item in items or []:
+        key, _, value = item.partition("=")
+        if not _:
+            raise SystemExit(f"--distill-override expects KEY=VALUE, got {item!r}")
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                continue
+        out[key] = value
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.run",
+        description="Collect learning histories, distill AD (and optionally ED), and evaluate it "
+                    "in context on held-out tasks against its source, a random policy and the "
+                    "optimum. Every stage resumes when rerun.",
+        epilog="settings: " + ", ".join(SETTINGS))
+    p.add_argument("setting", choices=sorted(SETTINGS), help="which experiment to run")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default: 0)")
+    p.add_argument("--ed", action="store_true", help="also train and evaluate Expert Distillation")
+    p.add_argument("--data", default="data", help="root of the datasets (default: data)")
+    p.add_argument("--runs", default="runs", help="root of the trained models (default: runs)")
+    p.add_argument("--out", default="results", help="root of eval.json / curves.png (default: results)")
+    p.add_argument("--distill-override", action="append", metavar="KEY=VALUE",
+                   help="override a DistillConfig field, e.g. num_steps=500 (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    args = p.parse_args(argv)
+    run(get_setting(args.setting), seeds=tuple(args.seeds), with_ed=args.ed, data_root=args.data,
+        runs_root=args.runs, out_root=args.out, distill_overrides=_parse_kv(args.distill_override),
+        quiet=args.quiet)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""One typed config per experimental setting: collect -> distill -> evaluate.
+
+Each ``Setting`` names the env, the source and how long its histories are, the
+distillation hyper-parameters and the evaluation protocol. ``experiments.run`` executes
+one setting end to end; every field can be overridden from its command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """Everything one ``python -m experiments.run NAME`` does."""
+
+    name: str  # setting name (results/<name>/...)
+    env: str  # registered env (envs.make)
+    source: str  # source algorithm whose learning histories are distilled
+    histories: int  # learning histories collected on training tasks
+    source_overrides: dict[str, Any]  # fields of the source's Config (num_steps, ...)
+    distill: dict[str, Any]  # fields of ad.train.DistillConfig (not dataset/out/seed)
+    eval_episodes: int  # in-context episodes per evaluation rollout
+    eval_tasks: int = 200  # tasks per split for continuous task sets (bandits)
+    eval_rollouts_per_task: int = 8  # rollouts per task for finite task sets
+    report_episodes: tuple[int, ...] = (10, 50)  # "by episode k" figures in the summary
+    env_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    subsample_every: int = 1  # keep every k-th episode of each history (paper's trick)
+    ed_last_steps: int = 0  # Expert Distillation: windows from each history's last steps
+
+
+SETTINGS: dict[str, Setting] = {}
+
+
+def _add(setting: Setting) -> None:
+    SETTINGS[setting.name] = setting
+
+
+# 5-armed Bernoulli bandit, 100 pulls, distilled from UCB1. One pull is one episode, so the
+# band c = 100 covers a whole evaluation and windows are whole histories.
+_add(Setting(
+    name="bandit", env="bernoulli-bandit", source="ucb", histories=20_000,
+    source_overrides=dict(num_steps=100),
+    distill=dict(context=100, window=100, d_model=64, num_layers=2, num_heads=4, mlp_dim=256,
+                 dropout=0.0, batch_size=128, num_steps=1500, lr=1e-3, warmup_steps=100),
+    eval_episodes=100, eval_tasks=1000, report_episodes=(10, 50, 95)))
+
+# The AD paper's adversarial bandit: odd best arms in training, even ones when held out.
+_add(Setting(
+    name="adversarial-bandit", env="adversarial-bandit", source="ucb", histories=20_000,
+    source_overrides=dict(num_steps=100),
+    distill=dict(context=100, window=100, d_model=64, num_layers=2, num_heads=4, mlp_dim=256,
+                 dropout=0.0, batch_size=128, num_steps=1500, lr=1e-3, warmup_steps=100),
+    eval_episodes=100, eval_tasks=1000, report_episodes=(10, 50, 95)))
+
+# Dark Room from PPO learning histories on the 65 training goals.
+_add(Setting(
+    name="darkroom", env="darkroom", source="ppo", histories=1040,
+    source_overrides=dict(num_steps=16_384),
+    distill=dict(context=60, window=120, d_model=64, num_layers=2, num_heads=4, mlp_dim=256,
+                 dropout=0.1, batch_size=128, num_steps=4000, lr=1e-3, warmup_steps=200),
+    eval_episodes=200, report_episodes=(10, 50, 100, 195)))
+
+# Dark Room from noise-distilled histories (AD^epsilon), reported beside the PPO one.
+_add(Setting(
+    name="darkroom-noise", env="darkroom", source="noise", histories=520,
+    source_overrides=dict(num_steps=1200, anneal_fraction=0.7),
+    distill=dict(context=60, window=120, d_model=64, num_layers=2, num_heads=4, mlp_dim=256,
+                 dropout=0.1, batch_size=128, num_steps=3000, lr=1e-3, warmup_steps=200),
+    eval_episodes=200, report_episodes=(10, 50, 100, 195)))
+
+_add(Setting(
+    name="darkroom-hard", env="darkroom-hard", source="ppo", histories=1155,
+    source_overrides=dict(num_steps=16_384),
+    distill=dict(context=60, window=120, d_model=64, num_layers=2, num_heads=4, mlp_dim=256,
+                 dropout=0.1, batch_size=128, num_steps=4000, lr=1e-3, warmup_steps=200),
+    eval_episodes=200, report_episodes=(10, 50, 100, 195)))
+
+_add(Setting(
+    name="key-to-door", env="key-to-door", source="ppo", histories=2000,
+    source_overrides=dict(num_steps=32_768),
+    distill=dict(context=150, window=300, d_model=64, num_layers=2, num_heads=4, mlp_dim=256,
+                 dropout=0.1, batch_size=64, num_steps=4000, lr=1e-3, warmup_steps=200),
+    eval_episodes=200, report_episodes=(10, 50, 100, 195)))
+
+
+def get_setting(name: str) -> Setting:
+    if name not in SETTINGS:
+        raise ValueError(f"unknown setting {name!r}; available: {', '.join(SETTINGS)}")
+    return SETTINGS[name]
