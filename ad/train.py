@@ -335,7 +335,7 @@ def distill(config: DistillConfig, overwrite: bool = False) -> Path:
     replicated, data_sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
     model = ADTransformer(model_config)
-    optimizer = make_optimizer(config.lr, min(config.warmup_steps, config.num_steps),
+    optimizer = make_optimizer(config.lr, min(config.warmup_steps, config.num_steps - 1),
                                config.num_steps, config.weight_decay, config.grad_clip)
     init_key, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
     state = init_train_state(init_params(model_config, init_key, config.window_steps),

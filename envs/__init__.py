@@ -8,18 +8,36 @@
 
 Registered names (``envs.registered()``) and their semantics are documented in each
 environment's module docstring; the contract is in ``envs.core``.
+
+Importing this package also registers every environment with gymnasium under the
+project's own ``ad/`` namespace (``GYM_IDS`` maps name -> id), e.g.
+``gymnasium.make("ad/DarkRoom-v0")``; the wrapper (``envs.gym.GymnasiumEnv``) is only
+imported when such an env is made.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import gymnasium
+
+from envs.bandits import AdversarialBandit, BernoulliBandit
 from envs.core import ArraySpec, Environment
 from envs.darkroom import DarkRoom, DarkRoomHard
+from envs.key_to_door import KeyToDoor
 
 _REGISTRY: dict[str, type[Environment]] = {
-    DarkRoom.name: DarkRoom,
-    DarkRoomHard.name: DarkRoomHard,
+    cls.name: cls
+    for cls in (DarkRoom, DarkRoomHard, KeyToDoor, BernoulliBandit, AdversarialBandit)
+}
+
+# Registered name -> gymnasium id, in the project's own namespace (never ``MiniGrid-*``).
+GYM_IDS: dict[str, str] = {
+    DarkRoom.name: "ad/DarkRoom-v0",
+    DarkRoomHard.name: "ad/DarkRoomHard-v0",
+    KeyToDoor.name: "ad/KeyToDoor-v0",
+    BernoulliBandit.name: "ad/BernoulliBandit-v0",
+    AdversarialBandit.name: "ad/AdversarialBandit-v0",
 }
 
 
@@ -42,4 +60,24 @@ def make(name: str, **overrides) -> Environment:
     return cls(**overrides)
 
 
-__all__ = ["ArraySpec", "Environment", "make", "registered", "DarkRoom", "DarkRoomHard"]
+def _register_gymnasium() -> None:
+    # A string entry point keeps ``import envs`` cheap; re-imports must not re-register.
+    for name, gym_id in GYM_IDS.items():
+        if gym_id not in gymnasium.registry:
+            gymnasium.register(id=gym_id, entry_point="envs.gym:GymnasiumEnv", kwargs={"env": name})
+
+
+_register_gymnasium()
+
+__all__ = [
+    "GYM_IDS",
+    "AdversarialBandit",
+    "ArraySpec",
+    "BernoulliBandit",
+    "DarkRoom",
+    "DarkRoomHard",
+    "Environment",
+    "KeyToDoor",
+    "make",
+    "registered",
+]

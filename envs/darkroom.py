@@ -79,6 +79,8 @@ class DarkRoom(Environment):
 
     name: ClassVar[str] = "darkroom"
     pay_once: ClassVar[bool] = False
+    step_uses_key: ClassVar[bool] = False  # deterministic dynamics and start cell
+    reset_uses_key: ClassVar[bool] = False
 
     size: int = 9  # WARN: static (sets shapes and the task set), cannot vmap
     horizon: int = 20  # WARN: static, cannot vmap
