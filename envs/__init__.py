@@ -25,11 +25,13 @@ from envs.bandits import AdversarialBandit, BernoulliBandit
 from envs.core import ArraySpec, Environment
 from envs.darkroom import DarkRoom, DarkRoomHard
 from envs.key_to_door import KeyToDoor
+from envs.minigrid import MINIGRID_ENVS
 
 _REGISTRY: dict[str, type[Environment]] = {
     cls.name: cls
     for cls in (DarkRoom, DarkRoomHard, KeyToDoor, BernoulliBandit, AdversarialBandit)
 }
+_REGISTRY.update(MINIGRID_ENVS)  # JAX ports proven equal to the minigrid package
 
 # Registered name -> gymnasium id, in the project's own namespace (never ``MiniGrid-*``).
 GYM_IDS: dict[str, str] = {

@@ -18,7 +18,8 @@ from envs.key_to_door import KeyToDoorParams
 
 
 def test_every_registered_env_has_an_id_in_our_namespace():
-    assert sorted(GYM_IDS) == envs.registered()
+    # MiniGrid ports are checked against the real minigrid package instead (test_minigrid*).
+    assert sorted(GYM_IDS) == [n for n in envs.registered() if not n.startswith("minigrid-")]
     assert GYM_IDS["darkroom"] == "ad/DarkRoom-v0"
     assert GYM_IDS["key-to-door"] == "ad/KeyToDoor-v0"
     for gym_id in GYM_IDS.values():
