@@ -1,0 +1,774 @@
+"""The Algorithm Distillation transformer: a causal, sliding-window model of learning histories.
+
+Token layouts (``ModelConfig.token_layout``)
+- ``"step"`` (default): one token per environment step,
+  ``x_t = E_obs(obs[t]) + E_act(prev_action[t]) + E_rew(prev_reward[t])``, where
+  ``prev_action[t] = action[t-1]`` and ``prev_reward[t] = reward[t-1]`` (the "none"
+  action ``num_actions`` and reward 0 at the first step of a stream). ``logits[:, t]``
+  predicts ``action[t]``.
+- ``"oar"``: the paper's interleaved tokens, three per step, ordered
+  ``(a_{t-1}, r_{t-1}, o_t)`` for step ``t``; over a stream this is the paper's
+  ``o_0, a_0, r_0, o_1, ...`` sequence preceded by a ("none", 0) pair. ``action[t]`` is
+  predicted from the ``o_t`` token (the last token of step ``t``), so ``a_t`` is never
+  visible to its own prediction.
+
+Context: sliding-window ("banded") causal attention aligned to steps. A token of step
+``t`` attends to every token of steps ``t-c+1 .. t-1`` and to the tokens of step ``t``
+at or before itself (``"step"``: the previous ``c`` tokens including itself; ``"oar"``:
+at most ``3c`` tokens). Positions are relative (RoPE on q/k, or ALiBi biases), so
+logits are translation invariant, a logit depends on at most ``L*c`` earlier steps, and
+windows of any length ``T`` work. A rolling KV cache of ``c`` steps per layer is then
+exact (``decode_step``). Full forwards compute the band either densely ((N, N) masked
+scores) or by blocks of ``c`` steps, each attending to itself and the previous block
+(``ModelConfig.attention_impl``; "auto" picks blocks once a window spans >= 3 of them,
+memory O(N * 2cK) instead of O(N^2)); both give the same logits and the same hooks.
+
+Embeddings: discrete observation entries and actions use small tables applied as
+one-hot matmuls (no gathers or scatter-adds on CPU). Rewards are small reals and use a
+linear embedding ``r * w + b`` (documented choice: keeps reward magnitudes ordered and
+works for Bernoulli and real-valued rewards alike).
+
+Randomness (only with ``train=True``): one Flax rng stream, ``"dropout"``, feeds residual
+dropout, attention-probability dropout and random token masking (a token's input
+embedding is replaced by a learned mask embedding with probability
+``token_mask_prob``; per step for ``"step"``, per token for ``"oar"``).
+
+Activation names (TransformerLens style), captured with ``run_with_cache`` from the same
+forward pass (``self.sow`` is a no-op unless the ``"intermediates"`` collection is
+mutable, so training pays nothing). ``N = T * tokens_per_step``:
+
+    hook_embed                       (B, N, d)   token embeddings after masking, before dropout
+    blocks.{l}.hook_resid_pre        (B, N, d)
+    blocks.{l}.ln1.hook_normalized   (B, N, d)
+    blocks.{l}.attn.hook_q / hook_k  (B, N, H, Dh)  after RoPE (if any)
+    blocks.{l}.attn.hook_v           (B, N, H, Dh)
+    blocks.{l}.attn.hook_pattern     (B, H, N, N)  softmax probabilities, before dropout;
+                                                   zero outside the band
+    blocks.{l}.attn.hook_z           (B, N, H, Dh)
+    blocks.{l}.hook_attn_out         (B, N, d)
+    blocks.{l}.hook_resid_mid        (B, N, d)
+    blocks.{l}.ln2.hook_normalized   (B, N, d)
+    blocks.{l}.mlp.hook_pre          (B, N, mlp_dim)  before the nonlinearity
+    blocks.{l}.mlp.hook_post         (B, N, mlp_dim)
+    blocks.{l}.hook_mlp_out          (B, N, d)
+    blocks.{l}.hook_resid_post       (B, N, d)
+    ln_final.hook_normalized         (B, T, d)   only the tokens that predict actions
+    hook_logits                      (B, T, num_actions)
+
+Evaluation: ``init_cache`` / ``decode_step`` (rolling KV cache, exact), and the paper's
+baseline ``init_recompute_buffer`` / ``recompute_step`` (full forward over the last
+``window`` steps at every step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+PyTree = Any
+
+OBS_ENCODERS = ("cell", "xy", "discrete")
+TOKEN_LAYOUTS = ("step", "oar")
+POSITIONS = ("rope", "alibi")
+DTYPES = ("float32", "bfloat16")
+ACTIVATIONS = ("gelu", "relu")
+ATTENTION_IMPLS = ("auto", "dense", "blocked")
+# Finite "minus infinity": fully masked rows (padding queries) stay NaN-free.
+_NEG = -1e30
+
+
+# ----------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Static description of an AD transformer; ``dataclasses.asdict`` is JSON-safe.
+
+    Load back with ``ModelConfig.from_dict(json.loads(text))``.
+    """
+
+    num_actions: int  # size of the action space; token id num_actions is "none"
+    obs_encoder: str = "cell"  # "cell": one table over x + size*y (obs (2,) grid cell);
+    #   "xy": separate x and y tables, summed; "discrete": one table per entry of a
+    #   discrete vector observation, summed ("xy" is "discrete" for shape (2,))
+    obs_shape: tuple[int, ...] = (2,)  # shape of the (single-leaf) observation
+    obs_num_values: int = 9  # each observation entry lies in [0, obs_num_values)
+    d_model: int = 64  # residual stream width
+    num_layers: int = 4  # transformer blocks
+    num_heads: int = 4  # attention heads; d_model must be divisible by it
+    mlp_dim: int = 256  # hidden width of each MLP
+    dropout: float = 0.1  # dropout on embeddings, attention output and MLP output
+    attn_dropout: float = 0.0  # dropout on attention probabilities
+    token_mask_prob: float = 0.0  # P(replace a step's/token's input by the mask embedding)
+    context: int = 20  # c: the band, in steps, every attention layer sees (incl. current)
+    token_layout: str = "step"  # "step" (1 token/step) or "oar" (3 tokens/step)
+    positions: str = "rope"  # "rope" (rotary q/k) or "alibi" (linear distance biases)
+    rope_base: float = 10000.0  # RoPE frequency base
+    activation: str = "gelu"  # MLP nonlinearity: "gelu" (tanh approximation) or "relu"
+    dtype: str = "float32"  # matmul compute dtype; params, softmax, logits stay float32
+    attention_impl: str = "auto"  # "dense": (N, N) masked scores; "blocked": query blocks of
+    #   c steps attend to their own and the previous block only (2/3 of the work at T=3c,
+    #   less for longer windows); "auto": blocked when the window spans >= 3 blocks
+
+    def __post_init__(self):
+        object.__setattr__(self, "obs_shape", tuple(int(s) for s in self.obs_shape))
+        for name in ("num_actions", "obs_num_values", "d_model", "num_layers", "num_heads",
+                     "mlp_dim", "context"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"ModelConfig.{name} must be an int >= 1, got {value!r}")
+        for name, valid in (("obs_encoder", OBS_ENCODERS), ("token_layout", TOKEN_LAYOUTS),
+                            ("positions", POSITIONS), ("dtype", DTYPES),
+                            ("activation", ACTIVATIONS),
+                            ("attention_impl", ATTENTION_IMPLS)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"ModelConfig.{name} must be one of {valid}, got "
+                                 f"{getattr(self, name)!r}")
+        if self.d_model % self.num_heads:
+            raise ValueError(f"ModelConfig.d_model={self.d_model} is not divisible by "
+                             f"num_heads={self.num_heads}")
+        if self.positions == "rope" and (self.d_model // self.num_heads) % 2:
+            raise ValueError(f"ModelConfig: RoPE needs an even head dim, got "
+                             f"{self.d_model // self.num_heads}")
+        for name in ("dropout", "attn_dropout", "token_mask_prob"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"ModelConfig.{name} must lie in [0, 1), got "
+                                 f"{getattr(self, name)!r}")
+        if self.obs_encoder == "cell" and self.obs_shape != (2,):
+            raise ValueError(f"ModelConfig.obs_encoder='cell' needs obs_shape (2,), got "
+                             f"{self.obs_shape}")
+        if self.obs_encoder == "xy" and self.obs_shape != (2,):
+            raise ValueError(f"ModelConfig.obs_encoder='xy' needs obs_shape (2,), got "
+                             f"{self.obs_shape}")
+
+    # ---- derived ----------------------------------------------------------------------
+    @property
+    def tokens_per_step(self) -> int:
+        return 3 if self.token_layout == "oar" else 1
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    @property
+    def compute_dtype(self):
+        return jnp.bfloat16 if self.dtype == "bfloat16" else jnp.float32
+
+    @property
+    def receptive_field(self) -> int:
+        """Steps a logit can depend on, the current one included: L*(c-1) + 1."""
+        return self.num_layers * (self.context - 1) + 1
+
+    # ---- (de)serialisation ------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - fields)
+        if unknown:
+            raise ValueError(f"ModelConfig: unknown field(s) {unknown}")
+        return cls(**d)
+
+    @classmethod
+    def for_env(cls, env, **overrides) -> "ModelConfig":
+        """A config whose observation encoder matches ``env.observation_spec()``.
+
+        A (2,) spec (grid cell) defaults to the "cell" encoder, any other discrete vector
+        spec to "discrete"; ``overrides`` may set any field, e.g. ``obs_encoder="xy"``.
+        """
+        spec = env.observation_spec()
+        if not (hasattr(spec, "shape") and hasattr(spec, "num_values")):
+            raise ValueError(f"ModelConfig.for_env: {env.name} has a structured observation "
+                             f"spec {spec!r}; no encoder for it yet")
+        if spec.num_values is None:
+            raise ValueError(f"ModelConfig.for_env: {env.name} observation is not discrete")
+        shape = tuple(spec.shape)
+        kw = dict(num_actions=int(env.num_actions), obs_shape=shape,
+                  obs_num_values=int(spec.num_values),
+                  obs_encoder="cell" if shape == (2,) else "discrete")
+        kw.update(overrides)
+        return cls(**kw)
+
+
+# ----------------------------------------------------------------------------------------
+# Inputs
+# ----------------------------------------------------------------------------------------
+class StepInputs(NamedTuple):
+    """What the model sees at each step of a window (leading dims (B, T))."""
+
+    obs: PyTree  # leaves (B, T, *obs_shape), int32 for discrete encoders
+    prev_action: jax.Array  # (B, T) int32: action[t-1]; num_actions = "none" (stream start)
+    prev_reward: jax.Array  # (B, T) float32: reward[t-1]; 0 at a stream start
+
+
+def step_inputs_from_history(obs, action, reward, *, num_actions: int, stream_start=True,
+                             action_before=None, reward_before=None) -> StepInputs:
+    """Build ``StepInputs`` from a window ``obs/action/reward`` of a history.
+
+    Arrays have leading dims ``(..., T)`` (``obs`` leaves ``(..., T, *shape)``).
+    ``prev_action[t] = action[t-1]``, ``prev_reward[t] = reward[t-1]`` inside the window.
+    For the window's first step the caller says where the previous step is:
+
+    - ``stream_start``: the Python bool ``True`` (every window starts its stream), a
+      bool array of batch shape ``(...)`` (per window: does it start its stream?), a
+      bool array ``(..., T)`` marking every step that starts a stream (those steps get
+      the "none" action and reward 0), or an integer array ``(...)``: the index within
+      the window of the step that starts the stream (``-1``/``T``: none does).
+    - ``action_before`` / ``reward_before`` ``(...)``: ``action``/``reward`` of the step
+      just before the window, used for windows that start mid-stream. Required unless
+      ``stream_start is True``.
+    """
+    action = jnp.asarray(action, jnp.int32)
+    reward = jnp.asarray(reward, jnp.float32)
+    T = action.shape[-1]
+    if stream_start is True:
+        start = jnp.zeros(action.shape, bool).at[..., 0].set(True)
+    else:
+        if stream_start is False:
+            start = jnp.zeros(action.shape, bool)
+        else:
+            s = jnp.asarray(stream_start)
+            if jnp.issubdtype(s.dtype, jnp.integer):
+                start = jnp.arange(T) == s[..., None]
+            elif s.shape == action.shape:
+                start = s.astype(bool)
+            else:
+                start = jnp.zeros(action.shape, bool).at[..., 0].set(s.astype(bool))
+            start = jnp.broadcast_to(start, action.shape)
+        if action_before is None or reward_before is None:
+            raise ValueError("step_inputs_from_history: windows that may start mid-stream "
+                             "need action_before and reward_before (the step before the "
+                             "window); pass stream_start=True if every window starts a stream")
+    if action_before is None:
+        action_before = jnp.full(action.shape[:-1], num_actions, jnp.int32)
+        reward_before = jnp.zeros(action.shape[:-1], jnp.float32)
+    prev_action = jnp.concatenate(
+        [jnp.asarray(action_before, jnp.int32)[..., None], action[..., :-1]], axis=-1)
+    prev_reward = jnp.concatenate(
+        [jnp.asarray(reward_before, jnp.float32)[..., None], reward[..., :-1]], axis=-1)
+    prev_action = jnp.where(start, num_actions, prev_action)
+    prev_reward = jnp.where(start, 0.0, prev_reward)
+    return StepInputs(obs=obs, prev_action=prev_action, prev_reward=prev_reward)
+
+
+def dummy_inputs(config: ModelConfig, batch_size: int = 1, num_steps: int = 1) -> StepInputs:
+    """Zero inputs of the right shapes and dtypes (for ``init``)."""
+    B, T = batch_size, num_steps
+    return StepInputs(obs=jnp.zeros((B, T, *config.obs_shape), jnp.int32),
+                      prev_action=jnp.full((B, T), config.num_actions, jnp.int32),
+                      prev_reward=jnp.zeros((B, T), jnp.float32))
+
+
+# ----------------------------------------------------------------------------------------
+# Positions and masks (host-side constants: shapes are static)
+# ----------------------------------------------------------------------------------------
+def band_mask(num_steps: int, context: int, tokens_per_step: int) -> np.ndarray:
+    """(N, N) bool: may token i attend to token j (step-aligned causal band)."""
+    n = num_steps * tokens_per_step
+    i = np.arange(n)[:, None]
+    j = np.arange(n)[None, :]
+    return (j <= i) & (j // tokens_per_step > i // tokens_per_step - context)
+
+
+def rope_tables(positions: np.ndarray, head_dim: int, base: float):
+    """cos/sin of ``positions * theta_k``, shape (..., head_dim/2), float32."""
+    freqs = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    angle = np.asarray(positions, np.float64)[..., None] * freqs
+    return np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate pairs (x[..., k], x[..., k + Dh/2]); cos/sin broadcast over heads (..., 1, Dh/2)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x.dtype)
+
+
+def alibi_slopes(num_heads: int) -> np.ndarray:
+    """Geometric slopes 2^(-8h/H), h = 1..H (Press et al.)."""
+    return 2.0 ** (-8.0 * np.arange(1, num_heads + 1) / num_heads)
+
+
+class AttentionBias(NamedTuple):
+    """Additive attention bias (band mask, ALiBi, padding) in the layout one impl uses."""
+
+    bias: jax.Array  # dense: (1 or B, 1 or H, N, N); blocked: (1 or B, 1 or H, nb, bs, 2*bs)
+    blocked: bool  # static
+    block: int  # static: tokens per block (c * K)
+    padded_steps: int  # static: steps after padding T up to whole blocks
+
+
+def attention_bias(cfg: ModelConfig, T: int, valid=None) -> AttentionBias:
+    """The additive bias for a window of T steps (``valid`` (B, T) bool, optional)."""
+    K, H, c = cfg.tokens_per_step, cfg.num_heads, cfg.context
+    nb = -(-T // c)
+    blocked = cfg.attention_impl == "blocked" or (cfg.attention_impl == "auto" and nb >= 3)
+    Tp = nb * c if blocked else T
+    N = Tp * K
+    pos = np.arange(N)
+    allowed = band_mask(Tp, c, K)
+    dist = (pos[:, None] - pos[None, :]).astype(np.float64)
+    bias = np.where(allowed, 0.0, _NEG)[None]  # (1, N, N)
+    if cfg.positions == "alibi":
+        bias = bias - alibi_slopes(H)[:, None, None] * dist
+    bias = bias[None]  # (1, 1 or H, N, N)
+    if valid is not None:
+        valid = jnp.asarray(valid, bool)
+        valid = jnp.pad(valid, ((0, 0), (0, Tp - T)), constant_values=True)
+        key_ok = jnp.repeat(valid, K, axis=1)  # (B, N)
+        bias = jnp.asarray(bias, jnp.float32) + jnp.where(key_ok, 0.0, _NEG)[:, None, None, :]
+    if not blocked:
+        return AttentionBias(jnp.asarray(bias, jnp.float32), False, c * K, Tp)
+    bs = c * K
+    # Gather each query block's rows and the columns of blocks (i-1, i); block -1 is masked.
+    rows = np.arange(nb)[:, None, None] * bs + np.arange(bs)[None, :, None]  # (nb, bs, 1)
+    cols = (np.arange(nb)[:, None, None] - 1) * bs + np.arange(2 * bs)[None, None, :]
+    in_range = cols >= 0  # (nb, 1, 2bs)
+    cols = np.maximum(cols, 0)
+    if isinstance(bias, np.ndarray):
+        blk = np.where(in_range, bias[..., rows, cols], _NEG)
+    else:
+        blk = jnp.where(in_range, bias[..., rows, cols], _NEG)
+    return AttentionBias(jnp.asarray(blk, jnp.float32), True, bs, Tp)
+
+
+# ----------------------------------------------------------------------------------------
+# Modules
+# ----------------------------------------------------------------------------------------
+def _dense(features: int, cfg: ModelConfig, name: str, std: float = 0.02) -> nn.Dense:
+    return nn.Dense(features, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+                    kernel_init=nn.initializers.normal(std), name=name)
+
+
+class ObsEncoder(nn.Module):
+    """Discrete observation -> (..., d) via one-hot matmuls (see ``ModelConfig.obs_encoder``)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> jax.Array:
+        cfg = self.config
+        if not isinstance(obs, (jax.Array, np.ndarray)):
+            raise ValueError(f"obs_encoder={cfg.obs_encoder!r} needs a single-array "
+                             f"observation, got {type(obs).__name__}")
+        if tuple(obs.shape[2:]) != cfg.obs_shape:
+            raise ValueError(f"observation shape {tuple(obs.shape[2:])} (after (B, T)) does "
+                             f"not match ModelConfig.obs_shape={cfg.obs_shape}")
+        V = cfg.obs_num_values
+        obs = obs.astype(jnp.int32)
+        if cfg.obs_encoder == "cell":
+            onehot = jax.nn.one_hot(obs[..., 0] + V * obs[..., 1], V * V, dtype=jnp.float32)
+            rows = V * V
+        else:  # "xy" / "discrete": per-entry tables, summed = a multi-hot over entries
+            n = int(np.prod(cfg.obs_shape))
+            flat = obs.reshape(*obs.shape[:2], n)
+            onehot = jax.nn.one_hot(flat, V, dtype=jnp.float32).reshape(*obs.shape[:2], n * V)
+            rows = n * V
+        table = self.param("embedding", nn.initializers.normal(0.02), (rows, cfg.d_model))
+        return onehot @ table
+
+
+class Block(nn.Module):
+    """Pre-LN block: x + Attn(LN(x)), then + MLP(LN(.)); the band mask comes from the caller."""
+
+    config: ModelConfig
+
+    def setup(self):
+        cfg = self.config
+        self.ln1 = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32)
+        self.ln2 = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32)
+        self.qkv = _dense(3 * cfg.d_model, cfg, "qkv")  # fused q, k, v projection
+        self.attn_out = _dense(cfg.d_model, cfg, "attn_out",
+                               0.02 / math.sqrt(2 * cfg.num_layers))
+        self.mlp_in = _dense(cfg.mlp_dim, cfg, "mlp_in")
+        self.mlp_out = _dense(cfg.d_model, cfg, "mlp_out", 0.02 / math.sqrt(2 * cfg.num_layers))
+
+    def _act(self, h):
+        return nn.gelu(h, approximate=True) if self.config.activation == "gelu" else nn.relu(h)
+
+    def _mlp(self, x, train: bool, sow: bool):
+        cfg = self.config
+        h = self.ln2(x)
+        if sow:
+            self.sow("intermediates", "ln2.hook_normalized", h)
+        pre = self.mlp_in(h)
+        post = self._act(pre)
+        if sow:
+            self.sow("intermediates", "mlp.hook_pre", pre)
+            self.sow("intermediates", "mlp.hook_post", post)
+        out = self.mlp_out(post).astype(jnp.float32)
+        if sow:
+            self.sow("intermediates", "hook_mlp_out", out)
+        return _dropout(self, out, cfg.dropout, train)
+
+    def _split_heads(self, h):
+        cfg = self.config
+        qkv = self.qkv(h).reshape(*h.shape[:-1], 3, cfg.num_heads, cfg.head_dim)
+        return qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+
+    def _blocked_attention(self, q, k, v, bias: "AttentionBias", train: bool, sow: bool):
+        """Banded attention by blocks of ``bs = c*K`` tokens: block i's queries see the keys
+        of blocks i-1 and i (all the band can reach). q/k/v (B, N, H, Dh), N = nb * bs."""
+        cfg = self.config
+        B, N, H, Dh = q.shape
+        bs = bias.block
+        nb = N // bs
+        qb = q.reshape(B, nb, bs, H, Dh)
+
+        def two_blocks(x):  # (B, nb, 2*bs, H, Dh): previous block (zeros for block 0), own
+            xb = x.reshape(B, nb, bs, H, Dh)
+            prev = jnp.concatenate([jnp.zeros_like(xb[:, :1]), xb[:, :-1]], axis=1)
+            return jnp.concatenate([prev, xb], axis=2)
+
+        kb, vb = two_blocks(k), two_blocks(v)
+        scores = jnp.einsum("bnqhd,bnkhd->bhnqk", qb, kb,
+                            preferred_element_type=jnp.float32) / math.sqrt(Dh)
+        probs = jax.nn.softmax(scores + bias.bias, axis=-1)  # (B, H, nb, bs, 2*bs)
+        if sow:  # scatter to the dense (B, H, N, N) form: exact (one-hot placement)
+            place = np.zeros((nb, 2 * bs, (nb + 1) * bs), np.float32)
+            for i in range(nb):
+                place[i, np.arange(2 * bs), i * bs + np.arange(2 * bs)] = 1.0
+            dense = jnp.einsum("bhiqk,ikj->bhiqj", probs, jnp.asarray(place))[..., bs:]
+            self.sow("intermediates", "attn.hook_pattern", dense.reshape(B, H, N, N))
+        probs = _dropout(self, probs, cfg.attn_dropout, train)
+        z = jnp.einsum("bhnqk,bnkhd->bnqhd", probs.astype(vb.dtype), vb)
+        return z.reshape(B, N, H, Dh)
+
+    def __call__(self, x, bias: "AttentionBias", rope, train: bool):
+        """Full forward. x (B, N, d); ``bias`` from ``attention_bias`` (mask + ALiBi)."""
+        cfg = self.config
+        sow = self.is_mutable_collection("intermediates")
+        if sow:
+            self.sow("intermediates", "hook_resid_pre", x)
+        h = self.ln1(x)
+        if sow:
+            self.sow("intermediates", "ln1.hook_normalized", h)
+        q, k, v = self._split_heads(h)  # (B, N, H, Dh)
+        if rope is not None:
+            cos, sin = rope
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if sow:
+            self.sow("intermediates", "attn.hook_q", q)
+            self.sow("intermediates", "attn.hook_k", k)
+            self.sow("intermediates", "attn.hook_v", v)
+        if bias.blocked:
+            z = self._blocked_attention(q, k, v, bias, train, sow)
+        else:
+            scores = jnp.einsum("bqhd,bkhd->bhqk", q, k,
+                                preferred_element_type=jnp.float32) / math.sqrt(cfg.head_dim)
+            probs = jax.nn.softmax(scores + bias.bias, axis=-1)
+            if sow:
+                self.sow("intermediates", "attn.hook_pattern", probs)
+            probs = _dropout(self, probs, cfg.attn_dropout, train)
+            z = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+        if sow:
+            self.sow("intermediates", "attn.hook_z", z)
+        attn = self.attn_out(z.reshape(*z.shape[:2], cfg.d_model)).astype(jnp.float32)
+        if sow:
+            self.sow("intermediates", "hook_attn_out", attn)
+        x = x + _dropout(self, attn, cfg.dropout, train)
+        if sow:
+            self.sow("intermediates", "hook_resid_mid", x)
+        x = x + self._mlp(x, train, sow)
+        if sow:
+            self.sow("intermediates", "hook_resid_post", x)
+        return x
+
+    def decode(self, x, keys, values, t, rope_table):
+        """One step of ``K`` tokens against this layer's rolling cache (no dropout/capture).
+
+        x (B, K, d): the step's tokens. keys/values (B, c, K, H, Dh): the cache, keys
+        stored RoPE-rotated by their *slot phase* ``K*slot + m``; slot ``t % c`` still holds
+        step ``t - c`` (outside the band, masked) and is overwritten by the caller.
+        Returns (x, k_new, v_new) with k_new rotated by the current slot phase.
+
+        Why slot phases are exact: a slot ``s <= w = t % c`` holds a step of the current
+        epoch of ``c`` steps, so query phase ``K*w + j`` gives the true relative offset; a
+        slot ``s > w`` holds a step of the previous epoch, which the query phase shifted
+        by ``K*c`` accounts for. All phases stay below ``2*K*c``: no large angles.
+        """
+        cfg = self.config
+        K, c, H = cfg.tokens_per_step, cfg.context, cfg.num_heads
+        B = x.shape[0]
+        h = self.ln1(x)
+        q, k, v = self._split_heads(h)  # (B, K, H, Dh)
+        w = t % c
+        slots = jnp.arange(c)
+        age = (w - slots) % c  # steps between t and the step held by each slot (0: stale)
+        slot_ok = (age > 0) & (t - age >= 0)  # (c,)
+        if rope_table is not None:
+            cos_t, sin_t = rope_table  # (2*K*c, Dh/2)
+            cur = K * w
+            cos_c = jax.lax.dynamic_slice_in_dim(cos_t, cur, K)[:, None]
+            sin_c = jax.lax.dynamic_slice_in_dim(sin_t, cur, K)[:, None]
+            cos_p = jax.lax.dynamic_slice_in_dim(cos_t, cur + K * c, K)[:, None]
+            sin_p = jax.lax.dynamic_slice_in_dim(sin_t, cur + K * c, K)[:, None]
+            q_cur, k_new = apply_rope(q, cos_c, sin_c), apply_rope(k, cos_c, sin_c)
+            q_prev = apply_rope(q, cos_p, sin_p)
+            s_cur = jnp.einsum("bjhd,bsmhd->bhjsm", q_cur, keys,
+                               preferred_element_type=jnp.float32)
+            s_prev = jnp.einsum("bjhd,bsmhd->bhjsm", q_prev, keys,
+                                preferred_element_type=jnp.float32)
+            s_cache = jnp.where((slots < w)[:, None], s_cur, s_prev)
+        else:
+            q_cur, k_new = q, k
+            s_cache = jnp.einsum("bjhd,bsmhd->bhjsm", q, keys,
+                                 preferred_element_type=jnp.float32)
+        s_new = jnp.einsum("bjhd,bmhd->bhjm", q_cur, k_new, preferred_element_type=jnp.float32)
+        scale = 1.0 / math.sqrt(cfg.head_dim)
+        j = jnp.arange(K)
+        bias_cache = jnp.where(slot_ok[None, :, None], 0.0, _NEG)  # (1, c, 1)
+        bias_new = jnp.where(j[None, :] <= j[:, None], 0.0, _NEG)  # (K_q, K_k)
+        if cfg.positions == "alibi":
+            slope = jnp.asarray(alibi_slopes(H), jnp.float32)[:, None, None, None]
+            dist_cache = K * age[None, :, None] + j[:, None, None] - j[None, None, :]
+            bias_cache = bias_cache - slope * dist_cache  # (H, K, c, K)
+            bias_new = bias_new - slope[..., 0] * (j[:, None] - j[None, :])  # (H, K, K)
+        scores = jnp.concatenate(
+            [(s_cache * scale + bias_cache).reshape(B, H, K, c * K), s_new * scale + bias_new],
+            axis=-1)
+        probs = jax.nn.softmax(scores, axis=-1)
+        p_cache = probs[..., : c * K].reshape(B, H, K, c, K).astype(values.dtype)
+        p_new = probs[..., c * K:].astype(v.dtype)
+        z = (jnp.einsum("bhjsm,bsmhd->bjhd", p_cache, values)
+             + jnp.einsum("bhjm,bmhd->bjhd", p_new, v))
+        attn = self.attn_out(z.reshape(B, K, cfg.d_model)).astype(jnp.float32)
+        x = x + attn
+        x = x + self._mlp(x, False, False)
+        return x, k_new, v
+
+def _dropout(module: nn.Module, x, rate: float, train: bool):
+    """Inverted dropout from the "dropout" rng stream (a no-op when not training)."""
+    if not train or rate == 0.0:
+        return x
+    n = x.size
+    bits = jax.random.bits(module.make_rng("dropout"), ((n + 1) // 2,), jnp.uint32)
+    halves = jnp.stack([bits & 0xFFFF, bits >> 16], -1).reshape(-1)[:n].reshape(x.shape)
+    keep = halves >= jnp.uint32(round(rate * 65536))
+    return x * (keep.astype(x.dtype) * (1.0 / (1.0 - rate)))
+
+
+class ADTransformer(nn.Module):
+    """The AD model. ``apply({"params": p}, inputs, train=...) -> logits (B, T, A)`` float32.
+
+    ``logits[:, t]`` predicts ``action[t]`` from steps ``<= t`` (band: module docstring).
+    ``valid`` (B, T) bool, optional: steps that exist; the others (e.g. left padding) are
+    never attended to. Rngs with ``train=True``: ``{"dropout": key}``.
+    """
+
+    config: ModelConfig
+
+    def setup(self):
+        cfg = self.config
+        init = nn.initializers.normal(0.02)
+        self.obs_embed = ObsEncoder(cfg)
+        self.action_embed = self.param("action_embed", init, (cfg.num_actions + 1, cfg.d_model))
+        self.reward_embed = nn.Dense(cfg.d_model, kernel_init=init)  # r * w + b
+        self.mask_embed = self.param("mask_embed", init, (cfg.d_model,))
+        self.blocks = [Block(cfg) for _ in range(cfg.num_layers)]
+        self.ln_final = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32)
+        self.head = nn.Dense(cfg.num_actions, kernel_init=init, dtype=jnp.float32)
+
+    # ---- shared pieces -------------------------------------------------------------------
+    def _embed(self, inputs: StepInputs, train: bool) -> jax.Array:
+        """(B, T) step inputs -> (B, N, d) token embeddings (masked and dropped out)."""
+        cfg = self.config
+        if inputs.prev_action.ndim != 2 or inputs.prev_reward.shape != inputs.prev_action.shape:
+            raise ValueError(f"StepInputs.prev_action/prev_reward must both be (B, T), got "
+                             f"{inputs.prev_action.shape} and {inputs.prev_reward.shape}")
+        B, T = inputs.prev_action.shape
+        o = self.obs_embed(inputs.obs)
+        a = jax.nn.one_hot(inputs.prev_action, cfg.num_actions + 1, dtype=jnp.float32)
+        a = a @ self.action_embed
+        r = self.reward_embed(inputs.prev_reward.astype(jnp.float32)[..., None])
+        if cfg.token_layout == "step":
+            x = o + a + r
+        else:  # (a_{t-1}, r_{t-1}, o_t) per step
+            x = jnp.stack([a, r, o], axis=2).reshape(B, 3 * T, cfg.d_model)
+        if train and cfg.token_mask_prob > 0.0:
+            masked = jax.random.bernoulli(self.make_rng("dropout"), cfg.token_mask_prob,
+                                          x.shape[:2])
+            x = jnp.where(masked[..., None], self.mask_embed, x)
+        if self.is_mutable_collection("intermediates"):
+            self.sow("intermediates", "hook_embed", x)
+        return _dropout(self, x, cfg.dropout, train)
+
+    def _logits(self, x: jax.Array) -> jax.Array:
+        h = self.ln_final(x)
+        if self.is_mutable_collection("intermediates"):
+            self.sow("intermediates", "ln_final.hook_normalized", h)
+        logits = self.head(h).astype(jnp.float32)
+        if self.is_mutable_collection("intermediates"):
+            self.sow("intermediates", "hook_logits", logits)
+        return logits
+
+    # ---- full (training) forward ------------------------------------------------------------
+    def __call__(self, inputs: StepInputs, *, train: bool, valid=None) -> jax.Array:
+        cfg = self.config
+        K, H = cfg.tokens_per_step, cfg.num_heads
+        x = self._embed(inputs, train)  # (B, N, d)
+        B, N = x.shape[:2]
+        T = N // K
+        bias = attention_bias(cfg, T, valid)
+        if bias.blocked and bias.padded_steps > T:  # pad at the end: causal, so harmless
+            x = jnp.pad(x, ((0, 0), (0, (bias.padded_steps - T) * K), (0, 0)))
+            N = bias.padded_steps * K
+        rope = None
+        if cfg.positions == "rope":
+            cos, sin = rope_tables(np.arange(N), cfg.head_dim, cfg.rope_base)
+            rope = (jnp.asarray(cos)[:, None], jnp.asarray(sin)[:, None])  # (N, 1, Dh/2)
+        for block in self.blocks:
+            x = block(x, bias, rope, train)
+        return self._logits(x[:, K - 1:T * K:K])  # the tokens that predict action[t]
+
+    # ---- one step with a rolling KV cache ----------------------------------------------------
+    def decode(self, step: StepInputs, cache: "KVCache"):
+        cfg = self.config
+        K = cfg.tokens_per_step
+        x = self._embed(step, train=False)  # (B, K, d)
+        rope_table = None
+        if cfg.positions == "rope":
+            cos, sin = rope_tables(np.arange(2 * K * cfg.context), cfg.head_dim, cfg.rope_base)
+            rope_table = (jnp.asarray(cos), jnp.asarray(sin))
+        new_k, new_v = [], []
+        for l, block in enumerate(self.blocks):
+            x, k, v = block.decode(x, cache.keys[l], cache.values[l], cache.step, rope_table)
+            new_k.append(k)
+            new_v.append(v)
+        logits = self._logits(x[:, -1])  # (B, A)
+        w = cache.step % cfg.context
+        start = (0, 0, w, 0, 0, 0)
+        keys = jax.lax.dynamic_update_slice(
+            cache.keys, jnp.stack(new_k)[:, :, None].astype(cache.keys.dtype), start)
+        values = jax.lax.dynamic_update_slice(
+            cache.values, jnp.stack(new_v)[:, :, None].astype(cache.values.dtype), start)
+        return logits, KVCache(keys=keys, values=values, step=cache.step + 1)
+
+
+# ----------------------------------------------------------------------------------------
+# Functional API
+# ----------------------------------------------------------------------------------------
+def init_params(config: ModelConfig, key: jax.Array, num_steps: int = 2) -> PyTree:
+    """Fresh parameters (the inner ``params`` dict every function here takes)."""
+    return ADTransformer(config).init(key, dummy_inputs(config, 1, num_steps),
+                                      train=False)["params"]
+
+
+def _flat_name(path: tuple[str, ...]) -> str:
+    parts = []
+    for p in path:
+        if p.startswith("blocks_") and p[7:].isdigit():
+            parts += ["blocks", p[7:]]
+        else:
+            parts.append(p)
+    return ".".join(parts)
+
+
+def run_with_cache(params: PyTree, config: ModelConfig, inputs: StepInputs, *, valid=None,
+                   train: bool = False, rngs=None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Logits and every named activation (module docstring) from one forward pass."""
+    logits, state = ADTransformer(config).apply(
+        {"params": params}, inputs, train=train, valid=valid, rngs=rngs,
+        mutable=["intermediates"])
+    T = inputs.prev_action.shape[1]
+    N = T * config.tokens_per_step
+    flat = {}
+    for path, value in jax.tree_util.tree_flatten_with_path(
+            state["intermediates"], is_leaf=lambda v: isinstance(v, tuple))[0]:
+        name = _flat_name(tuple(k.key for k in path))
+        value = value[0]  # sow stores a 1-tuple per call
+        # The blocked attention pads windows to whole blocks at the end: drop the padding.
+        if name.endswith("hook_pattern"):
+            value = value[..., :N, :N]
+        elif not name.startswith(("ln_final", "hook_logits")):
+            value = value[:, :N]
+        flat[name] = value
+    return logits, flat
+
+
+@struct.dataclass
+class KVCache:
+    """Rolling per-layer keys/values of the last ``c`` steps (slot = step % c)."""
+
+    keys: jax.Array  # (L, B, c, K, H, Dh) compute dtype; RoPE-rotated by slot phase K*slot+m
+    values: jax.Array  # (L, B, c, K, H, Dh) compute dtype
+    step: jax.Array  # () int32: absolute count of steps decoded so far (next step's index)
+
+    @property
+    def write_index(self) -> jax.Array:
+        """Slot the next step is written to."""
+        return self.step % self.keys.shape[2]
+
+
+def init_cache(config: ModelConfig, batch_size: int) -> KVCache:
+    """An empty cache: the next ``decode_step`` is the first step of every stream."""
+    shape = (config.num_layers, batch_size, config.context, config.tokens_per_step,
+             config.num_heads, config.head_dim)
+    zeros = jnp.zeros(shape, config.compute_dtype)
+    return KVCache(keys=zeros, values=zeros, step=jnp.int32(0))
+
+
+def _as_one_step(step: StepInputs) -> StepInputs:
+    """Accept a per-step record without the T axis by adding T = 1."""
+    if step.prev_action.ndim == 1:
+        return jax.tree.map(lambda x: x[:, None], step)
+    if step.prev_action.ndim != 2 or step.prev_action.shape[1] != 1:
+        raise ValueError(f"decode: step.prev_action must be (B,) or (B, 1), got "
+                         f"{step.prev_action.shape}")
+    return step
+
+
+def decode_step(params: PyTree, config: ModelConfig, cache: KVCache, step: StepInputs):
+    """``(logits (B, A), new_cache)`` for the next step of every stream; jittable.
+
+    Exact: equals ``ADTransformer(config)`` over the whole stream (the band makes the
+    ``c`` cached steps all that any layer can see). Cost per step O(L * c * d).
+    """
+    return ADTransformer(config).apply({"params": params}, _as_one_step(step), cache,
+                                       method=ADTransformer.decode)
+
+
+@struct.dataclass
+class RecomputeBuffer:
+    """The last ``window`` steps' inputs, oldest first, for the recompute baseline."""
+
+    inputs: StepInputs  # leaves (B, window, ...): right-aligned, invalid until filled
+    count: jax.Array  # () int32: steps seen so far
+
+
+def init_recompute_buffer(config: ModelConfig, batch_size: int,
+                          window: int | None = None) -> RecomputeBuffer:
+    """``window`` defaults to ``c`` (the paper's semantics)."""
+    window = config.context if window is None else window
+    return RecomputeBuffer(inputs=dummy_inputs(config, batch_size, window), count=jnp.int32(0))
+
+
+def recompute_step(params: PyTree, config: ModelConfig, buffer: RecomputeBuffer,
+                   step: StepInputs):
+    """Baseline: append the step, then re-run the full forward over the buffered window.
+
+    Recomputes every layer for all ``window`` buffered steps (padding before the stream
+    start is masked out) and returns the last step's logits: O(window^2) attention and
+    O(window) MLP work per step. With ``window = c`` (default) this is the paper's
+    semantics: the model sees exactly the last ``c`` steps, so it matches ``decode_step``
+    only for the first ``c`` steps; with ``window >= L*(c-1)+1`` it matches exactly.
+    """
+    step = _as_one_step(step)
+    inputs = jax.tree.map(lambda b, s: jnp.concatenate([b[:, 1:], s.astype(b.dtype)], axis=1),
+                          buffer.inputs, step)
+    count = buffer.count + 1
+    W = inputs.prev_action.shape[1]
+    valid = jnp.arange(W) >= W - jnp.minimum(count, W)
+    valid = jnp.broadcast_to(valid, inputs.prev_action.shape)
+    logits = ADTransformer(config).apply({"params": params}, inputs, train=False, valid=valid)
+    return logits[:, -1], RecomputeBuffer(inputs=inputs, count=count)
