@@ -345,6 +345,8 @@ def distill(config: DistillConfig, overwrite: bool = False) -> Path:
         state = restore_checkpoint(resumed[1], state)
     state = jax.device_put(state, replicated)
     start_step = int(state.step)
+    if start_step >= config.num_steps and (run_dir / MODEL_DIR / "config.json").exists():
+        return run_dir  # finished earlier: nothing to redo
 
     train_step = jax.jit(make_train_step(model, optimizer, config.label_smoothing),
                          in_shardings=(replicated, data_sharded),

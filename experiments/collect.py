@@ -228,7 +228,7 @@ def _setup(config: CollectConfig):
         env = envs.make(config.env, **env_overrides)
         source = resolve_source(config.source)
         source_overrides = coerce_overrides(source.Config, config.source_overrides, f"source {config.source} Config")
-        source_config = source.Config(**source_overrides)
+        source_config = source_agents.make_config(source, config.env, **source_overrides)
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e)) from e
     return env, env_overrides, source, source_config

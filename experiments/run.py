@@ -57,7 +57,7 @@ def evaluate_setting(setting: Setting, ad_models: list, ed_models: list, seed: i
     E = setting.eval_episodes
     num_steps = E * env.max_episode_steps
     source = source_agents.get(setting.source)
-    source_config = source.Config(**setting.source_overrides)
+    source_config = source_agents.make_config(source, setting.env, **setting.source_overrides)
     out: dict = {}
     for split in splits:
         key = jax.random.fold_in(jax.random.PRNGKey(seed), 0 if split == "test" else 1)
@@ -145,7 +145,9 @@ def print_summary(setting: Setting, summary: dict) -> None:
         print(f"-- {'held-out' if split == 'test' else 'training'} tasks "
               f"(optimum {s['optimal_mean_return']:.3f}, {s['rollouts']} rollouts per model)")
         ks = setting.report_episodes
-        print(f"{'':8s}" + "".join(f"{'ep ' + str(k):>10s}" for k in ks) + "   cum.regret")
+        unit = "pull" if "cumulative_regret" in s.get("source", {}) else "ep"
+        print(f"{'':8s}" + "".join(f"{unit + ' ' + str(k):>10s}" for k in ks)
+              + ("   cum.regret" if unit == "pull" else ""))
         for label in ("AD", "ED", "source", "random"):
             if label not in s:
                 continue

@@ -35,4 +35,11 @@ def get(name: str):
     return getattr(module, member) if member else module
 
 
-__all__ = ["LearningHistory", "SOURCES", "episode_returns", "episode_returns_jax", "get"]
+def make_config(source, env_name: str, **overrides):
+    """The source's tuned preset for ``env_name`` (if it has presets) with ``overrides``."""
+    if hasattr(source, "default_config"):
+        return source.default_config(env_name, **overrides)
+    return source.Config(**overrides)
+
+
+__all__ = ["LearningHistory", "SOURCES", "episode_returns", "episode_returns_jax", "get", "make_config"]
