@@ -6,6 +6,7 @@ import datetime
 import os
 import platform
 import subprocess
+import sys
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
@@ -77,3 +78,22 @@ def provenance() -> dict:
         "backend": backend,
         "devices": devices,
     }
+
+
+# glibc serves large allocations from transparent huge pages with this tunable; XLA on CPU
+# allocates and frees big temporaries every step, and without it ~30% of a training step
+# went to page faults (benchmarks/ad_throughput.py measures both).
+HUGEPAGE_TUNABLE = "glibc.malloc.hugetlb=1"
+
+
+def reexec_with_hugepage_malloc() -> None:
+    """Restart this process with the tunable set (glibc reads tunables only at start-up).
+
+    A no-op when already set, off Linux, or with ``ICRL_NO_HUGEPAGE_MALLOC=1``.
+    """
+    current = os.environ.get("GLIBC_TUNABLES", "")
+    if ("glibc.malloc.hugetlb" in current or platform.system() != "Linux"
+            or os.environ.get("ICRL_NO_HUGEPAGE_MALLOC") == "1"):
+        return
+    env = dict(os.environ, GLIBC_TUNABLES=":".join(filter(None, [current, HUGEPAGE_TUNABLE])))
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)

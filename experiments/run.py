@@ -34,7 +34,7 @@ import source_agents
 from ad import evaluate as ev
 from ad.plots import plot_curves
 from ad.train import DistillConfig, distill, load_model
-from ad.utils import atomic_write_text, provenance
+from ad.utils import atomic_write_text, provenance, reexec_with_hugepage_malloc
 from experiments.collect import CollectConfig, collect
 from experiments.settings import SETTINGS, Setting, get_setting
 
@@ -240,6 +240,7 @@ def main(argv=None) -> int:
                    help="override a DistillConfig field, e.g. num_steps=500 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     args = p.parse_args(argv)
+    reexec_with_hugepage_malloc()  # ~30% faster training steps on CPU (ad.utils)
     run(get_setting(args.setting), seeds=tuple(args.seeds), with_ed=args.ed, data_root=args.data,
         runs_root=args.runs, out_root=args.out, distill_overrides=_parse_kv(args.distill_override),
         quiet=args.quiet)

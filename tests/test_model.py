@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -230,6 +231,31 @@ def test_train_randomness_only_with_train_flag():
     tr1, tr2 = f(inp, rng=jax.random.key(1)), f(inp, rng=jax.random.key(2))
     np.testing.assert_array_equal(tr1, f(inp, rng=jax.random.key(1)))
     assert np.abs(tr1 - tr2).max() > 1e-4 and np.abs(tr1 - ev1).max() > 1e-4
+
+
+def test_dropout_keep_rate_scale_and_independence():
+    # The counter-hash dropout: keep fraction 1 - rate, kept entries scaled by 1/(1-rate),
+    # deterministic per key, different keys and neighbouring entries (nearly) independent.
+    from ad.model import _dropout
+
+    class Drop(nn.Module):
+        rate: float
+
+        @nn.compact
+        def __call__(self, x):
+            return _dropout(self, x, self.rate, True)
+
+    x = jnp.ones((200, 500), jnp.float32)
+    for rate in (0.1, 0.5):
+        f = jax.jit(lambda k, rate=rate: Drop(rate).apply({}, x, rngs={"dropout": k}))
+        y1, y2 = np.asarray(f(jax.random.key(0))), np.asarray(f(jax.random.key(1)))
+        np.testing.assert_array_equal(y1, np.asarray(f(jax.random.key(0))))
+        kept1, kept2 = y1 > 0, y2 > 0
+        np.testing.assert_allclose(y1[kept1], 1.0 / (1.0 - rate), rtol=1e-6)
+        assert abs(kept1.mean() - (1 - rate)) < 0.005  # 1e5 draws: ~5 sigma
+        # Joint keep of neighbours / of two keys ~ (1 - rate)^2 if independent.
+        for a, b in ((kept1[:, 1:], kept1[:, :-1]), (kept1, kept2)):
+            assert abs((a & b).mean() - (1 - rate) ** 2) < 0.006
 
 
 def test_token_masking_replaces_inputs():
