@@ -57,6 +57,10 @@ class Config:
     out: str = "results/envs_throughput.json"  # where the JSON goes
 
 
+
+# The MiniGrid ports have their own benchmark (benchmarks/minigrid_throughput.py).
+CORE_ENVS = [n for n in envs.registered() if not n.startswith("minigrid-")]
+
 def scan_length(num_envs: int) -> int:
     """Steps per compiled call: long enough to amortise dispatch, short to compile."""
     return max(200, 200_000 // num_envs) if num_envs > 1 else 20_000
@@ -196,7 +200,7 @@ def parse_args(argv=None) -> Config:
 def main(argv=None) -> dict:
     cfg = parse_args(argv)
     rows = []
-    for name in envs.registered():
+    for name in CORE_ENVS:
         for num_envs in cfg.num_envs:
             for policy in POLICIES:
                 rows.append(bench_env(name, num_envs, policy, cfg))
@@ -212,7 +216,7 @@ def main(argv=None) -> dict:
     print(f"\nsteps/s (random policy), {jax.default_backend()}, {os.cpu_count()} CPU cores")
     header = f"{'env':20s} {'policy':9s}" + "".join(f"{n:>12d}" for n in cfg.num_envs)
     print(header + "   (parallel envs)")
-    for name in envs.registered():
+    for name in CORE_ENVS:
         for policy in POLICIES:
             cells = [r["steps_per_s"] for r in rows if r["env"] == name and r["policy"] == policy]
             print(f"{name:20s} {policy:9s}" + "".join(f"{c:12.3g}" for c in cells))

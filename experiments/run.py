@@ -102,7 +102,7 @@ def summarise(setting: Setting, results: dict) -> dict:
         for label, c in r["curves"].items():
             s[label] = {f"by_episode_{k}": ev.by_episode(c, k)
                         for k in setting.report_episodes if k <= c.shape[1]}
-            s[label].update({f"fraction_of_optimum_by_episode_{k}": v / opt if opt else None
+            s[label].update({f"fraction_of_optimum_{k}": v / opt if opt else None
                              for k, v in list(s[label].items())})
         for label, reg in r["regret"].items():
             s[label]["cumulative_regret"] = float(reg[:, -1].mean())

@@ -10,6 +10,7 @@ import pytest
 import envs
 from source_agents import dqn
 from source_agents.history import episode_returns
+from tests.helpers import assert_history_replays
 
 
 def test_config_validation():
@@ -49,19 +50,5 @@ def test_learns_small_darkroom_and_history_replays():
     np.testing.assert_allclose(counts, 0.2, atol=0.03)
 
     # Replaying the recorded actions through env.step reproduces the stream.
-    def replay(params, actions):
-        obs0, state0 = env.reset(jax.random.key(0), params)
-
-        def body(c, a):
-            obs, state = c
-            nobs, nstate, r, term, trunc, _ = env.step(jax.random.key(0), state, a, params)
-            return (nobs, nstate), (obs, r, term, trunc)
-
-        return jax.lax.scan(body, (obs0, state0), actions)[1]
-
-    obs, r, term, trunc = jax.jit(jax.vmap(replay))(tasks, hist.action)
-    np.testing.assert_array_equal(obs, hist.obs)
-    np.testing.assert_array_equal(r, hist.reward)
-    np.testing.assert_array_equal(term, hist.terminated)
-    np.testing.assert_array_equal(trunc, hist.truncated)
+    assert_history_replays(env, tasks, hist)
     np.testing.assert_array_equal(done[0], (np.arange(3000) % 10) == 9)

@@ -12,6 +12,7 @@ import envs
 from envs.bandits import BanditParams
 from source_agents import ppo
 from source_agents.history import episode_returns
+from tests.helpers import assert_history_replays
 
 # Small, fast-compiling configs: learning must show within a few thousand steps.
 TINY = {
@@ -108,21 +109,7 @@ def test_learns_small_darkroom_and_history_replays():
 
     # Replaying the recorded actions through env.step reproduces obs and rewards (Dark
     # Room dynamics do not use the key, so any key stream replays them).
-    def replay(params, actions):
-        obs0, state0 = env.reset(jax.random.key(0), params)
-
-        def body(c, a):
-            obs, state = c
-            nobs, nstate, r, term, trunc, _ = env.step(jax.random.key(0), state, a, params)
-            return (nobs, nstate), (obs, r, term, trunc)
-
-        return jax.lax.scan(body, (obs0, state0), actions)[1]
-
-    obs, r, term, trunc = jax.jit(jax.vmap(replay))(tasks, hist.action)
-    np.testing.assert_array_equal(obs, hist.obs)
-    np.testing.assert_array_equal(r, hist.reward)
-    np.testing.assert_array_equal(term, hist.terminated)
-    np.testing.assert_array_equal(trunc, hist.truncated)
+    assert_history_replays(env, tasks, hist)
 
 
 def test_key_to_door_history_is_consistent():

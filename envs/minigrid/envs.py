@@ -229,7 +229,7 @@ class MiniGrid(Environment):
         done = terminated | truncated
         reset_state = MiniGridState(self.initial_episode(params), state.start_image)
         reset_obs = {"image": state.start_image, "direction": params.agent_dir}
-        info = dict(info, final_obs=obs)
+        info = dict(info, final_obs=obs, final_state=next_state)
         return (
             tree_select(done, reset_obs, obs),
             tree_select(done, reset_state, next_state),
