@@ -10,7 +10,7 @@ import pytest
 import envs
 from source_agents import dqn
 from source_agents.history import episode_returns
-from tests.helpers import assert_history_replays
+from helpers import assert_history_replays  # tests/helpers.py
 
 
 def test_config_validation():

@@ -12,7 +12,7 @@ import envs
 from envs.bandits import BanditParams
 from source_agents import ppo
 from source_agents.history import episode_returns
-from tests.helpers import assert_history_replays
+from helpers import assert_history_replays  # tests/helpers.py
 
 # Small, fast-compiling configs: learning must show within a few thousand steps.
 TINY = {
