@@ -124,6 +124,14 @@ class Environment:
     def reset(self, key: jax.Array, params: PyTree) -> tuple[PyTree, PyTree]:
         return self.reset_env(key, params)
 
+    def next_episode(self, key: jax.Array, state: PyTree, params: PyTree):
+        """First ``(obs, state)`` of the episode ``step`` auto-resets into.
+
+        ``reset_env`` by default; an env may override it to reuse work cached in the
+        current ``state`` (MiniGrid keeps the task's start view instead of re-rendering).
+        """
+        return self.reset_env(key, params)
+
     def step(self, key: jax.Array, state: PyTree, action: jax.Array, params: PyTree):
         """Step and, if the episode ended, reset into the next episode of the same task."""
         if self.step_uses_key and self.reset_uses_key:
@@ -134,7 +142,7 @@ class Environment:
             key_step, state, action, params
         )
         done = jnp.logical_or(terminated, truncated)
-        reset_obs, reset_state = self.reset_env(key_reset, params)
+        reset_obs, reset_state = self.next_episode(key_reset, state, params)
         # final_state lets sources bootstrap from env.source_features of the true last
         # state (e.g. Key-to-Door's has-key bit), which final_obs alone does not carry.
         info = dict(info, final_obs=obs, final_state=next_state)

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from envs.core import ArraySpec, Environment, check_split, tree_select
+from envs.core import ArraySpec, Environment, check_split
 from envs.minigrid import layouts
 from envs.minigrid.core import (
     DOOR,
@@ -220,24 +220,11 @@ class MiniGrid(Environment):
         obs = self.observe(state)
         return obs, state, reward.astype(jnp.float32), terminated, truncated, {}
 
-    def step(self, key, state: MiniGridState, action, params: MiniGridParams):
-        """``Environment.step`` (auto-reset) with the reset image taken from the state's
-        cache instead of re-rendered: same values, half the rendering."""
-        obs, next_state, reward, terminated, truncated, info = self.step_env(
-            key, state, action, params
-        )
-        done = terminated | truncated
+    def next_episode(self, key, state: MiniGridState, params: MiniGridParams):
+        """The reset view comes from the state's cache instead of being re-rendered:
+        same values, half the rendering of an auto-resetting step."""
         reset_state = MiniGridState(self.initial_episode(params), state.start_image)
-        reset_obs = {"image": state.start_image, "direction": params.agent_dir}
-        info = dict(info, final_obs=obs, final_state=next_state)
-        return (
-            tree_select(done, reset_obs, obs),
-            tree_select(done, reset_state, next_state),
-            reward,
-            terminated,
-            truncated,
-            info,
-        )
+        return {"image": state.start_image, "direction": params.agent_dir}, reset_state
 
 
 def _variant(name: str, doc: str, **classvars) -> type[MiniGrid]:
