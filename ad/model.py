@@ -501,7 +501,6 @@ class Block(nn.Module):
 
     def __call__(self, x, bias: "AttentionBias", rope, train: bool):
         """Full forward. x (B, N, d); ``bias`` from ``attention_bias`` (mask + ALiBi)."""
-        cfg = self.config
         sow = self.is_mutable_collection("intermediates")
         if sow:
             self.sow("intermediates", "hook_resid_pre", x)
@@ -673,7 +672,7 @@ class ADTransformer(nn.Module):
     # ---- full (training) forward ------------------------------------------------------------
     def __call__(self, inputs: StepInputs, *, train: bool, valid=None) -> jax.Array:
         cfg = self.config
-        K, H = cfg.tokens_per_step, cfg.num_heads
+        K = cfg.tokens_per_step
         x = self._embed(inputs, train)  # (B, N, d)
         B, N = x.shape[:2]
         T = N // K

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ad.model import ADTransformer, ModelConfig, StepInputs, init_params, step_inputs_from_history
+from ad.model import ADTransformer, ModelConfig, init_params, step_inputs_from_history
 from ad.train_step import (
     Batch,
     init_train_state,
