@@ -32,6 +32,12 @@ class Setting:
 
 SETTINGS: dict[str, Setting] = {}
 
+# One pull is one episode, so the band c = 100 covers a whole 100-pull evaluation and
+# every training window is a whole history.
+_BANDIT_DISTILL = dict(context=100, window=100, d_model=64, num_layers=2, num_heads=4,
+                       mlp_dim=256, dropout=0.0, batch_size=128, num_steps=1500, lr=1e-3,
+                       warmup_steps=100)
+
 
 def _add(setting: Setting) -> None:
     SETTINGS[setting.name] = setting
@@ -42,16 +48,14 @@ def _add(setting: Setting) -> None:
 _add(Setting(
     name="bandit", env="bernoulli-bandit", source="ucb", histories=20_000,
     source_overrides=dict(num_steps=100),
-    distill=dict(context=100, window=100, d_model=64, num_layers=2, num_heads=4, mlp_dim=256,
-                 dropout=0.0, batch_size=128, num_steps=1500, lr=1e-3, warmup_steps=100),
+    distill=_BANDIT_DISTILL,
     eval_episodes=100, eval_tasks=1000, report_episodes=(10, 50, 95)))
 
 # The AD paper's adversarial bandit: odd best arms in training, even ones when held out.
 _add(Setting(
     name="adversarial-bandit", env="adversarial-bandit", source="ucb", histories=20_000,
     source_overrides=dict(num_steps=100),
-    distill=dict(context=100, window=100, d_model=64, num_layers=2, num_heads=4, mlp_dim=256,
-                 dropout=0.0, batch_size=128, num_steps=1500, lr=1e-3, warmup_steps=100),
+    distill=_BANDIT_DISTILL,
     eval_episodes=100, eval_tasks=1000, report_episodes=(10, 50, 95)))
 
 # Dark Room from PPO learning histories on the 65 training goals (16 per goal). The PPO
