@@ -75,7 +75,12 @@ from flax import struct
 
 PyTree = Any
 
-OBS_ENCODERS = ("cell", "xy", "discrete")
+OBS_ENCODERS = ("cell", "xy", "discrete", "minigrid")
+# "minigrid" encoder: width of the per-cell (object + colour + state) embedding.
+MINIGRID_CELL_DIM = 8
+# minigrid's image channel sizes (object, colour, state) and its 4 directions.
+MINIGRID_CHANNEL_SIZES = (11, 6, 3)
+MINIGRID_NUM_DIRECTIONS = 4
 TOKEN_LAYOUTS = ("step", "oar")
 POSITIONS = ("rope", "alibi")
 DTYPES = ("float32", "bfloat16")
@@ -98,7 +103,10 @@ class ModelConfig:
     num_actions: int  # size of the action space; token id num_actions is "none"
     obs_encoder: str = "cell"  # "cell": one table over x + size*y (obs (2,) grid cell);
     #   "xy": separate x and y tables, summed; "discrete": one table per entry of a
-    #   discrete vector observation, summed ("xy" is "discrete" for shape (2,))
+    #   discrete vector observation, summed ("xy" is "discrete" for shape (2,));
+    #   "minigrid": obs {"image": (V, V, 3) (object, colour, state), "direction": ()}, one
+    #   small embedding per channel summed per cell, the V*V cells flattened -> Dense(d),
+    #   plus a direction embedding (obs_shape is the image's shape)
     obs_shape: tuple[int, ...] = (2,)  # shape of the (single-leaf) observation
     obs_num_values: int = 9  # each observation entry lies in [0, obs_num_values)
     d_model: int = 64  # residual stream width
@@ -145,6 +153,10 @@ class ModelConfig:
         if self.obs_encoder == "cell" and self.obs_shape != (2,):
             raise ValueError(f"ModelConfig.obs_encoder='cell' needs obs_shape (2,), got "
                              f"{self.obs_shape}")
+        if self.obs_encoder == "minigrid" and (len(self.obs_shape) != 3
+                                               or self.obs_shape[2] != 3):
+            raise ValueError(f"ModelConfig.obs_encoder='minigrid' needs obs_shape (V, V, 3) "
+                             f"(the image), got {self.obs_shape}")
         if self.obs_encoder == "xy" and self.obs_shape != (2,):
             raise ValueError(f"ModelConfig.obs_encoder='xy' needs obs_shape (2,), got "
                              f"{self.obs_shape}")
@@ -184,9 +196,16 @@ class ModelConfig:
         """A config whose observation encoder matches ``env.observation_spec()``.
 
         A (2,) spec (grid cell) defaults to the "cell" encoder, any other discrete vector
-        spec to "discrete"; ``overrides`` may set any field, e.g. ``obs_encoder="xy"``.
+        spec to "discrete"; a MiniGrid spec ``{"image", "direction"}`` to "minigrid";
+        ``overrides`` may set any field, e.g. ``obs_encoder="xy"``.
         """
         spec = env.observation_spec()
+        if isinstance(spec, dict) and set(spec) == {"image", "direction"}:
+            image = spec["image"]
+            kw = dict(num_actions=int(env.num_actions), obs_shape=tuple(image.shape),
+                      obs_num_values=int(image.num_values), obs_encoder="minigrid")
+            kw.update(overrides)
+            return cls(**kw)
         if not (hasattr(spec, "shape") and hasattr(spec, "num_values")):
             raise ValueError(f"ModelConfig.for_env: {env.name} has a structured observation "
                              f"spec {spec!r}; no encoder for it yet")
@@ -264,6 +283,11 @@ def step_inputs_from_history(obs, action, reward, *, num_actions: int, stream_st
 def dummy_inputs(config: ModelConfig, batch_size: int = 1, num_steps: int = 1) -> StepInputs:
     """Zero inputs of the right shapes and dtypes (for ``init``)."""
     B, T = batch_size, num_steps
+    if config.obs_encoder == "minigrid":
+        obs = {"image": jnp.zeros((B, T, *config.obs_shape), jnp.int32),
+               "direction": jnp.zeros((B, T), jnp.int32)}
+        return StepInputs(obs=obs, prev_action=jnp.full((B, T), config.num_actions, jnp.int32),
+                          prev_reward=jnp.zeros((B, T), jnp.float32))
     return StepInputs(obs=jnp.zeros((B, T, *config.obs_shape), jnp.int32),
                       prev_action=jnp.full((B, T), config.num_actions, jnp.int32),
                       prev_reward=jnp.zeros((B, T), jnp.float32))
@@ -358,6 +382,8 @@ class ObsEncoder(nn.Module):
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
         cfg = self.config
+        if cfg.obs_encoder == "minigrid":
+            return self._minigrid(obs)
         if not isinstance(obs, (jax.Array, np.ndarray)):
             raise ValueError(f"obs_encoder={cfg.obs_encoder!r} needs a single-array "
                              f"observation, got {type(obs).__name__}")
@@ -376,6 +402,38 @@ class ObsEncoder(nn.Module):
             rows = n * V
         table = self.param("embedding", nn.initializers.normal(0.02), (rows, cfg.d_model))
         return onehot @ table
+
+    def _minigrid(self, obs) -> jax.Array:
+        """``{"image": (B, T, V, V, 3), "direction": (B, T)}`` -> (B, T, d).
+
+        Per cell: object, colour and state embeddings (tables of 11, 6 and 3 rows, width
+        ``MINIGRID_CELL_DIM``) summed, i.e. one multi-hot of 20 entries times one table;
+        the V*V cell vectors are flattened (cell position matters) and projected by a
+        Dense to d; a direction embedding is added. Out-of-range codes embed as zero.
+        """
+        cfg = self.config
+        if not isinstance(obs, dict) or set(obs) != {"image", "direction"}:
+            raise ValueError("obs_encoder='minigrid' needs obs {'image', 'direction'}, got "
+                             f"{type(obs).__name__}"
+                             + (f" with keys {sorted(obs)}" if isinstance(obs, dict) else ""))
+        image = jnp.asarray(obs["image"]).astype(jnp.int32)
+        if tuple(image.shape[2:]) != cfg.obs_shape:
+            raise ValueError(f"image shape {tuple(image.shape[2:])} (after (B, T)) does not "
+                             f"match ModelConfig.obs_shape={cfg.obs_shape}")
+        lead = image.shape[:2]
+        multi = jnp.concatenate(
+            [jax.nn.one_hot(image[..., i], n, dtype=jnp.float32)
+             for i, n in enumerate(MINIGRID_CHANNEL_SIZES)], axis=-1)  # (B, T, V, V, 20)
+        init = nn.initializers.normal(0.02)
+        cell_table = self.param("cell_embedding", init,
+                                (sum(MINIGRID_CHANNEL_SIZES), MINIGRID_CELL_DIM))
+        cells = (multi @ cell_table).reshape(*lead, -1)  # (B, T, V*V*cell_dim)
+        x = nn.Dense(cfg.d_model, kernel_init=init, name="image_proj")(cells)
+        direction = jax.nn.one_hot(jnp.asarray(obs["direction"]).astype(jnp.int32),
+                                   MINIGRID_NUM_DIRECTIONS, dtype=jnp.float32)
+        dir_table = self.param("direction_embedding", init,
+                               (MINIGRID_NUM_DIRECTIONS, cfg.d_model))
+        return x + direction @ dir_table
 
 
 
