@@ -142,3 +142,57 @@ def test_kv_cache_decode_equals_full_forward_with_minigrid_obs(layout, pos):
     dec, cache = jax.jit(decode_all)(params, inp)
     assert int(cache.step) == T
     np.testing.assert_allclose(dec, full, atol=1e-5)
+
+
+# ---- the shortest-path demonstrator ----------------------------------------------------------
+def _follow_demonstrator(env, tasks, num_steps):
+    """Roll ``env.optimal_action`` from every task's start: (reward, terminated, truncated)."""
+
+    def one(params):
+        _, state = env.reset(jax.random.key(0), params)
+
+        def body(state, key):
+            action = env.optimal_action(key, state, params)
+            _, state, reward, term, trunc, _ = env.step(key, state, action, params)
+            return state, (reward, term, trunc)
+
+        return jax.lax.scan(body, state, jax.random.split(jax.random.key(1), num_steps))[1]
+
+    return jax.tree.map(np.asarray, jax.jit(jax.vmap(one))(tasks))
+
+
+@pytest.mark.parametrize("name", ["minigrid-fourrooms-dark", "minigrid-simplecrossing-s11n5",
+                                  "minigrid-lavagap-s7", "minigrid-empty-random-8x8"])
+def test_demonstrator_reaches_the_goal_in_exactly_the_optimal_steps(name):
+    env = envs.make(name)
+    for split in ("train", "test"):
+        tasks = env.tasks(split)
+        steps = np.asarray(tasks.optimal_steps)
+        assert (steps <= env.horizon).all()
+        n = np.arange(len(steps))
+        start = np.asarray(tasks.goal_distance)[n, np.asarray(tasks.agent_pos[:, 1]),
+                                                 np.asarray(tasks.agent_pos[:, 0]),
+                                                 np.asarray(tasks.agent_dir)]
+        np.testing.assert_array_equal(start, steps)  # the JAX table agrees with the BFS
+        reward, term, trunc = _follow_demonstrator(env, tasks, 2 * int(steps.max()))
+        assert not trunc.any()
+        first = term.argmax(1)  # the first episode ends on success ...
+        assert term[n, first].all()
+        np.testing.assert_array_equal(first + 1, steps)  # ... after exactly optimal_steps
+        np.testing.assert_allclose(reward[n, first], np.asarray(jax.vmap(env.optimal_return)(tasks)),
+                                   rtol=1e-6)
+        # the next episode (same task, same start) succeeds after optimal_steps again
+        count = np.cumsum(term, 1)
+        second = (count < 2).sum(1)
+        np.testing.assert_array_equal(second + 1, 2 * steps)
+        within = np.arange(reward.shape[1])[None] < 2 * steps[:, None]
+        np.testing.assert_array_equal((reward * within).sum(1), 2 * reward[n, first])
+
+
+def test_demonstrator_only_on_navigation_envs():
+    env = envs.make("minigrid-doorkey-5x5")
+    assert not env.has_demonstrator and envs.make("minigrid-fourrooms").has_demonstrator
+    params = env.sample_params(jax.random.key(0))
+    _, state = env.reset(jax.random.key(0), params)
+    with pytest.raises(ValueError, match="demonstrator"):
+        env.optimal_action(jax.random.key(0), state, params)

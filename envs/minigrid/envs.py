@@ -28,6 +28,11 @@ Each registered env replays layouts made by the real ``minigrid`` package (see
 - ``minigrid-fourrooms-dark``: FourRooms whose goal renders as empty floor, so the goal
   must be found and remembered across episodes. ``envs.minigrid.wrappers.HideGoalObs``
   applies the same rule to the real ``minigrid`` env.
+- ``optimal_action`` (navigation families: Empty, FourRooms, LavaGap, SimpleCrossing):
+  a shortest-path demonstrator (left / right / forward) from the layout's table
+  ``params.goal_distance`` (``envs.minigrid.planning``); following it from the start
+  succeeds in exactly ``params.optimal_steps`` actions. DoorKey and Unlock (keys, doors)
+  have none.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import numpy as np
 from flax import struct
 
 from envs.core import ArraySpec, Environment, check_split
-from envs.minigrid import layouts
+from envs.minigrid import layouts, planning
 from envs.minigrid.core import (
     DOOR,
     EMPTY_CELL,
@@ -68,6 +73,9 @@ class MiniGridParams:
     door_pos: jax.Array  # (2,) int32, locked door (x, y), (-1, -1) if none
     optimal_steps: jax.Array  # () int32, fewest actions to success (int32 max: impossible)
     seed: jax.Array  # () int32, the minigrid seed that generates this layout
+    # (H, W, 4) int32: fewest left/right/forward actions from (x, y) facing d to the goal,
+    # goal_distance[y, x, d] (planning.goal_distance; int32 max where unreachable).
+    goal_distance: jax.Array
 
 
 class MiniGridState(NamedTuple):
@@ -86,8 +94,13 @@ def _bank(gym_id: str, gym_kwargs: tuple, num_layouts: int, cache_dir: str | Non
     )
 
 
+_goal_distances = jax.jit(jax.vmap(planning.goal_distance))
+
+
 def bank_to_params(bank: layouts.LayoutBank) -> MiniGridParams:
     """A whole bank as one batched ``MiniGridParams`` (leading axis: layouts)."""
+    with jax.ensure_compile_time_eval():  # concrete even when called inside a trace
+        goal_distance = _goal_distances(jnp.asarray(bank.grid, jnp.uint8))
     return MiniGridParams(
         grid=jnp.asarray(bank.grid, jnp.uint8),
         agent_pos=jnp.asarray(bank.agent_pos, jnp.int32),
@@ -96,6 +109,7 @@ def bank_to_params(bank: layouts.LayoutBank) -> MiniGridParams:
         door_pos=jnp.asarray(bank.door_pos, jnp.int32),
         optimal_steps=jnp.asarray(bank.optimal_steps, jnp.int32),
         seed=jnp.asarray(bank.seed.astype(np.int32)),
+        goal_distance=goal_distance,
     )
 
 
@@ -164,12 +178,27 @@ class MiniGrid(Environment):
         return part
 
     def tasks(self, split: str) -> MiniGridParams:
-        return bank_to_params(self.split_bank(split))
+        check_split(split)
+        return _split_params(self, split)
 
     def sample_params(self, key: jax.Array, split: str = "train") -> MiniGridParams:
         tasks = self.tasks(split)
         index = jax.random.randint(key, (), 0, tasks.seed.shape[0])
         return jax.tree.map(lambda leaf: leaf[index], tasks)
+
+    @property
+    def has_demonstrator(self) -> bool:
+        """Whether ``optimal_action`` exists: navigation only (no keys or locked doors)."""
+        return self.success == "goal" and "DoorKey" not in self.gym_id
+
+    def optimal_action(self, key, state: MiniGridState, params: MiniGridParams) -> jax.Array:
+        """A shortest-path action (left / right / forward) to the goal; see ``planning``."""
+        if not self.has_demonstrator:
+            raise ValueError(f"{self.name}: no shortest-path demonstrator (keys and doors); "
+                             "pass noise distillation a demonstrator")
+        episode = state.episode
+        return planning.shortest_path_action(params.goal_distance, episode.grid,
+                                             episode.agent_pos, episode.agent_dir)
 
     def optimal_return(self, params: MiniGridParams) -> jax.Array:
         steps = params.optimal_steps
@@ -225,6 +254,12 @@ class MiniGrid(Environment):
         same values, half the rendering of an auto-resetting step."""
         reset_state = MiniGridState(self.initial_episode(params), state.start_image)
         return {"image": state.start_image, "direction": params.agent_dir}, reset_state
+
+
+@functools.lru_cache(maxsize=64)
+def _split_params(env: MiniGrid, split: str) -> MiniGridParams:
+    """``env.tasks(split)``, built once per env config (the distance tables cost a sweep)."""
+    return bank_to_params(env.split_bank(split))
 
 
 def _variant(name: str, doc: str, **classvars) -> type[MiniGrid]:
