@@ -146,9 +146,16 @@ def repeat_tasks(tasks: PyTree, times: int) -> PyTree:
 
 
 def eval_tasks(env, split: str, num_tasks: int, key: jax.Array) -> PyTree:
-    """Every task of ``split`` for finite task sets, else ``num_tasks`` sampled ones."""
+    """Every task of ``split`` for finite task sets (a fixed random subset of ``num_tasks``
+    when there are more, e.g. Key-to-Door's 1,313 held-out pairs), else ``num_tasks``
+    sampled ones."""
     if env.finite_tasks:
-        return env.tasks(split)
+        tasks = env.tasks(split)
+        n = jax.tree.leaves(tasks)[0].shape[0]
+        if n <= num_tasks:
+            return tasks
+        keep = jnp.sort(jax.random.choice(key, n, (num_tasks,), replace=False))
+        return jax.tree.map(lambda x: x[keep], tasks)
     return jax.vmap(lambda k: env.sample_params(k, split))(jax.random.split(key, num_tasks))
 
 

@@ -21,7 +21,8 @@ STYLE = {
 
 def plot_curves(panels: dict[str, dict[str, dict]], path: str | Path, title: str,
                 ylabel: str = "return per episode", xlabel: str = "episode") -> Path:
-    """One panel per split; each curve is ``{"mean": [...], "ci": [...]}``.
+    """One panel per split; each curve is ``{"mean": [...], "ci": [...]}`` (optionally a
+    ``"style"`` dict of matplotlib line options).
 
     ``panels = {"held-out tasks": {"AD": {...}, "source": {...}}, "training tasks": ...}``;
     the 95% confidence band is drawn where ``ci`` is given.
@@ -31,7 +32,8 @@ def plot_curves(panels: dict[str, dict[str, dict]], path: str | Path, title: str
         for label, curve in curves.items():
             mean = np.asarray(curve["mean"], float)
             x = np.arange(1, len(mean) + 1)
-            style = STYLE.get(label.split(" ")[0], {})
+            # colour by method (the label's first word); a curve may override, e.g. ls="--"
+            style = {**STYLE.get(label.split(" ")[0], {}), **curve.get("style", {})}
             ax.plot(x, mean, label=label, **style)
             if curve.get("ci") is not None:
                 ci = np.asarray(curve["ci"], float)

@@ -96,4 +96,6 @@ def reexec_with_hugepage_malloc() -> None:
             or os.environ.get("ICRL_NO_HUGEPAGE_MALLOC") == "1"):
         return
     env = dict(os.environ, GLIBC_TUNABLES=":".join(filter(None, [current, HUGEPAGE_TUNABLE])))
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    # orig_argv keeps ``-m package.module``: re-running sys.argv[0] as a script would put
+    # its folder, not the working directory, first on sys.path
+    os.execve(sys.executable, list(sys.orig_argv), env)

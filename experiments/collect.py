@@ -17,11 +17,13 @@ depend on the shard size, the device count, or on where a run was interrupted.
 Episode subsampling (``--subsample-every k``, the AD paper's trick to make progress per
 context window larger): only episodes ``0, k, 2k, ...`` of each history are stored; the
 other episodes' steps are dropped at write time. A dataset is a dense ``(n, T)`` array,
-so this requires fixed-length episodes (Dark Room, bandits, Key-to-Door with a fixed
-horizon): the kept step count is then the same for every history. Variable-length
-episodes raise a ``ValueError`` rather than being padded, because padding would put
-fake steps inside training windows. The stored ``episode_returns`` stay the source's
-full learning curve (all episodes), and ``spec.extra["subsample_every"]`` records ``k``.
+so every history must keep the same step count. With fixed-length episodes (Dark Room,
+bandits) that holds by itself. With variable-length episodes (Key-to-Door ends at the
+door) each history keeps a different count, so ``--subsample-steps S`` crops every
+history to its first ``S`` kept steps (a history keeping fewer raises ``ValueError``);
+without it variable-length episodes raise rather than being padded, because padding
+would put fake steps inside training windows. The stored ``episode_returns`` stay the
+source's full learning curve (all episodes), and ``spec.extra`` records ``k`` (and ``S``).
 
 Library use: ``collect(CollectConfig(env="darkroom", source="noise", ...)) -> Path``.
 """
@@ -65,7 +67,8 @@ class CollectConfig:
     split: str = "train"  # task split to collect on: "train" or "test"
     seed: int = 0  # base seed; history i depends only on (seed, i)
     shard_size: int = 256  # histories per jit call and per shard on disk (rounded up to the device count)
-    subsample_every: int = 1  # keep only episodes 0, k, 2k, ... (1 keeps all; needs fixed-length episodes)
+    subsample_every: int = 1  # keep only episodes 0, k, 2k, ... (1 keeps all)
+    subsample_steps: int = 0  # with subsampling, crop each history to its first S kept steps (0: keep all; needed for variable-length episodes)
     overwrite: bool = False  # delete an existing dataset at `out` instead of resuming it
     verbose: bool = True  # progress bar and closing summary on stdout
 
@@ -74,6 +77,8 @@ class CollectConfig:
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"CollectConfig.{field} must be an int >= 1, got {value!r}")
+        if not isinstance(self.subsample_steps, int) or self.subsample_steps < 0:
+            raise ValueError(f"CollectConfig.subsample_steps must be an int >= 0, got {self.subsample_steps!r}")
         if self.split not in ("train", "test"):
             raise ValueError(f"CollectConfig.split must be 'train' or 'test', got {self.split!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
@@ -172,22 +177,37 @@ def make_history_inputs(env, split: str, seed: int):
     return jax.vmap(one)
 
 
-def subsample_episodes(history: LearningHistory, every: int) -> LearningHistory:
-    """Keep episodes ``0, every, 2*every, ...`` of each history (fixed-length episodes only)."""
-    if every == 1:
+def subsample_episodes(history: LearningHistory, every: int, keep_steps: int = 0) -> LearningHistory:
+    """Keep episodes ``0, every, 2*every, ...`` of each history.
+
+    Every history must keep the same number of steps: true for fixed-length episodes;
+    for variable-length ones pass ``keep_steps`` to crop each history to its first
+    ``keep_steps`` kept steps (its last kept episode may then be cut short, as the end
+    of any stored history can be).
+    """
+    if every == 1 and not keep_steps:
         return history
     done = np.asarray(history.terminated) | np.asarray(history.truncated)  # (n, T)
     # episode index of each step: completed episodes strictly before it
     episode = np.cumsum(done, axis=1) - done
     keep = episode % every == 0  # (n, T)
     kept = keep.sum(axis=1)
-    for row in range(done.shape[0]):
-        lengths = np.diff(np.concatenate([[-1], np.flatnonzero(done[row])]))
-        if len(np.unique(lengths)) > 1:
+    if keep_steps:
+        if kept.min() < keep_steps:
+            row = int(kept.argmin())
             raise ValueError(
-                f"subsample_every={every} needs fixed-length episodes, but history {row} has "
-                f"episode lengths {sorted(set(lengths.tolist()))[:5]}; collect with subsample_every=1"
-            )
+                f"subsample_steps={keep_steps}: history {row} keeps only {int(kept[row])} steps "
+                f"with subsample_every={every}; lower subsample_steps or subsample_every")
+        keep &= np.cumsum(keep, axis=1) <= keep_steps  # the first keep_steps kept steps
+        kept = keep.sum(axis=1)
+    else:
+        for row in range(done.shape[0]):
+            lengths = np.diff(np.concatenate([[-1], np.flatnonzero(done[row])]))
+            if len(np.unique(lengths)) > 1:
+                raise ValueError(
+                    f"subsample_every={every} needs fixed-length episodes, but history {row} has "
+                    f"episode lengths {sorted(set(lengths.tolist()))[:5]}; set subsample_steps "
+                    f"to crop every history to the same length, or collect with subsample_every=1")
     if len(np.unique(kept)) > 1:
         raise ValueError(f"subsample_every={every}: histories keep different step counts {sorted(set(kept.tolist()))[:5]}")
     rows, cols = np.nonzero(keep)  # row-major: each history's kept steps in order
@@ -238,6 +258,8 @@ def collect(config: CollectConfig) -> Path:
     """Collect (or resume, or just finalize) the dataset described by ``config``."""
     env, env_overrides, source, source_config = _setup(config)
     extra = {"subsample_every": config.subsample_every}
+    if config.subsample_steps:
+        extra["subsample_steps"] = config.subsample_steps
     note = _history_note(env, source, config.split)
     if note:
         extra["history_note"] = note
@@ -276,7 +298,7 @@ def collect(config: CollectConfig) -> Path:
                 history = jax.tree.map(lambda x: x[:m], history)
                 params = jax.tree.map(lambda x: x[:m], params)
                 returns, _ = returns_table(history.reward, history.terminated | history.truncated)
-                writer.write_shard(start, subsample_episodes(history, config.subsample_every), params, returns)
+                writer.write_shard(start, subsample_episodes(history, config.subsample_every, config.subsample_steps), params, returns)
                 written += m
                 shard_time = time.perf_counter() - t_shard
                 if shard_index > 0:  # the first shard pays for compilation
@@ -422,7 +444,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--subsample-every", type=int, default=1, metavar="K",
         help="store only episodes 0, K, 2K, ... of each history (the AD paper's subsampling; "
-        "needs fixed-length episodes; default: 1, keep all)",
+        "default: 1, keep all)",
+    )
+    parser.add_argument(
+        "--subsample-steps", type=int, default=0, metavar="S",
+        help="with --subsample-every, crop each history to its first S kept steps; needed when "
+        "episodes have different lengths (e.g. key-to-door), so that histories stay equally long "
+        "(default: 0, keep all)",
     )
     parser.add_argument("--out", required=True, help="dataset directory to create or resume")
     parser.add_argument(
@@ -446,6 +474,7 @@ def config_from_args(args: argparse.Namespace) -> CollectConfig:
         seed=args.seed,
         shard_size=args.shard_size,
         subsample_every=args.subsample_every,
+        subsample_steps=args.subsample_steps,
         overwrite=args.overwrite,
         verbose=not args.quiet,
     )

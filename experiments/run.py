@@ -164,7 +164,8 @@ def run(setting: Setting, seeds=(0,), with_ed: bool = False, data_root="data", r
     collect(CollectConfig(out=data_dir, env=setting.env, env_overrides=setting.env_overrides,
                           source=setting.source, source_overrides=setting.source_overrides,
                           num_histories=setting.histories, split="train", seed=0,
-                          subsample_every=setting.subsample_every, verbose=not quiet))
+                          subsample_every=setting.subsample_every,
+                          subsample_steps=setting.subsample_steps, verbose=not quiet))
     timings["collect_s"] = time.time() - t0
     distill_kw = {**setting.distill, **(distill_overrides or {})}
     ad_models, ed_models = [], []

@@ -217,6 +217,23 @@ def test_subsampling_rejects_variable_length_episodes():
         collect_mod.subsample_episodes(history, 2)
 
 
+def test_subsampling_crops_variable_length_episodes_to_fixed_steps():
+    done = np.zeros((2, 12), bool)
+    done[0, [1, 4, 7, 11]] = True  # episodes 0..3 of 2, 3, 3, 4 steps
+    done[1, [2, 3, 6, 11]] = True  # episodes of 3, 1, 3, 5 steps
+    step = np.broadcast_to(np.arange(12), (2, 12))
+    history = LearningHistory(step[..., None], step.astype(np.int32), step.astype(np.float32),
+                              done, np.zeros((2, 12), bool))
+    sub = collect_mod.subsample_episodes(history, 2, keep_steps=5)
+    # row 0 keeps episodes 0 and 2 (steps 0-1, 5-7): 5 steps; row 1 episodes 0 and 2
+    # (steps 0-2, 4-6) cropped to the first 5 kept steps
+    np.testing.assert_array_equal(sub.action, [[0, 1, 5, 6, 7], [0, 1, 2, 4, 5]])
+    np.testing.assert_array_equal(sub.terminated, [[False, True, False, False, True],
+                                                   [False, False, True, False, False]])
+    with pytest.raises(ValueError, match="history 0 keeps only 5 steps"):
+        collect_mod.subsample_episodes(history, 2, keep_steps=6)
+
+
 def test_continuous_task_distribution_uses_per_history_keys(tmp_path):
     collect(CollectConfig(out=tmp_path / "ds", env="bernoulli-bandit", source=FAKE,
                           source_overrides={"num_steps": 8}, num_histories=5, shard_size=2, seed=3, verbose=False))

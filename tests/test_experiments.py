@@ -54,3 +54,38 @@ def test_tiny_bandit_pipeline_writes_results(tmp_path):
                 runs_root=tmp_path / "r", out_root=tmp_path / "o", quiet=True)
     after = (tmp_path / "r" / "tiny-bandit" / "ad-seed0" / "model" / "params.msgpack").stat().st_mtime
     assert before == after
+
+
+def test_half_trained_episode_and_improvement_by_hand():
+    from experiments.prompting import half_trained_episode, improvement
+
+    curve = np.tile(np.arange(30, dtype=float), (3, 1))  # returns 0, 1, ..., 29
+    # smoothed over 4 episodes: (i + i+1 + i+2 + i+3)/4 = i + 1.5 >= 10 first at i = 9 -> 9 + 2
+    assert half_trained_episode(curve, optimum=20.0, smooth=4) == 11
+    with pytest.raises(ValueError, match="never reaches half"):
+        half_trained_episode(curve, optimum=100.0)
+    rows = np.array([[0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 3, 2]], float)
+    out = improvement(rows, first=(0, 2), last=(-2, None))
+    assert out["first"] == 0.25 and out["last"] == 2.25 and out["gain"] == 2.0
+    assert out["se"] == pytest.approx(np.std([2.0, 2.0], ddof=1) / np.sqrt(2)) and out["z"] is None
+
+
+def test_tiny_prompting_check_writes_results(tmp_path):
+    from experiments.prompting import run_prompting
+
+    setting = Setting(
+        name="tiny-dark", env="darkroom", source="noise", histories=64,
+        env_overrides=dict(horizon=10), source_overrides=dict(num_steps=400, anneal_fraction=0.5),
+        distill=dict(context=20, window=40, d_model=16, num_layers=1, num_heads=2, mlp_dim=32,
+                     dropout=0.0, batch_size=16, num_steps=5, log_every=5, warmup_steps=1),
+        eval_episodes=5, eval_rollouts_per_task=1, report_episodes=(5,))
+    run_mod.run(setting, seeds=(0,), with_ed=True, data_root=tmp_path / "d",
+                runs_root=tmp_path / "r", out_root=tmp_path / "o", quiet=True)
+    record = run_prompting(setting, seeds=(0,), runs_root=tmp_path / "r", out_root=tmp_path / "o",
+                           episodes=12)
+    s = record["summary"]
+    assert s["prompt_episodes"] == 2 and s["rows"] == 16  # ceil(1 layer * 20 / 10); 16 held-out goals
+    assert set(record["curves"]) == {"AD (prompted)", "AD (no prompt)", "ED (prompted)",
+                                     "ED (no prompt)", "source (continues)"}
+    assert all(len(c["mean"]) == 12 for c in record["curves"].values())
+    assert (tmp_path / "o" / "tiny-dark" / "prompting.png").stat().st_size > 1000

@@ -1,0 +1,168 @@
+"""The AD paper's prompting check: prompted with a half-trained source, does a model improve?
+
+    python -m experiments.prompting darkroom --seeds 0 --ed
+
+Loads the models ``experiments.run`` trained (``<runs>/<setting>/{ad,ed}-seed<k>``; run
+that first, with ``--ed`` for ED) and, on held-out tasks:
+
+1. the source algorithm learns from scratch on each task (its full budget);
+2. the *half-trained* point is the first episode ``e`` at which the source's mean return
+   over tasks (smoothed over 10 episodes) reaches half the optimum;
+3. each model's KV cache is teacher-forced with that task's own source episodes
+   ``e − P … e − 1``, the last ``P`` episodes before the half-trained point, where ``P``
+   covers the model's receptive field (``num_layers · context`` steps);
+4. the model then acts in context for ``--episodes`` fresh episodes, sampling its actions.
+
+AD distilled from *learning* histories should keep improving past the prompt's level;
+Expert Distillation, trained only on final expert episodes, has never seen a context
+that improves and is expected not to. Both are also shown without a prompt, beside the
+source's own continuation from episode ``e`` (what it does next with gradient updates).
+
+Writes ``<out>/<setting>/prompting.json`` (curves, summary, provenance) and
+``prompting.png``. Needs fixed-length episodes (Dark Room, Dark Room Hard), so that one
+prompt length fits every task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import envs
+import source_agents
+from ad import evaluate as ev
+from ad.plots import plot_curves
+from ad.train import load_model
+from ad.utils import atomic_write_text, provenance, reexec_with_hugepage_malloc
+from experiments.settings import SETTINGS, Setting, get_setting
+from source_agents.history import LearningHistory
+
+
+def half_trained_episode(source_curve: np.ndarray, optimum: float, smooth: int = 10) -> int:
+    """First episode (0-based) whose smoothed mean return reaches half the optimum."""
+    mean = source_curve.mean(0)
+    smoothed = np.convolve(mean, np.ones(smooth) / smooth, mode="valid")  # [i] = mean of i..i+smooth-1
+    hits = np.flatnonzero(smoothed >= 0.5 * optimum)
+    if not len(hits):
+        raise ValueError(f"the source never reaches half the optimum ({0.5 * optimum:.3f}); "
+                         f"its best smoothed mean return is {smoothed.max():.3f}")
+    return int(hits[0] + smooth // 2)
+
+
+def episode_slice(history: LearningHistory, horizon: int, first: int, last: int) -> LearningHistory:
+    """Episodes ``first … last − 1`` of fixed-length-episode histories, leaves (N, steps)."""
+    return jax.tree.map(lambda x: x[:, first * horizon:last * horizon], history)
+
+
+def improvement(curve: np.ndarray, first=(0, 5), last=(-10, None)) -> dict:
+    """Mean return over the last episodes minus the first ones, its SE across rows, z."""
+    diff = curve[:, slice(*last)].mean(1) - curve[:, slice(*first)].mean(1)
+    se = float(diff.std(ddof=1) / math.sqrt(len(diff)))
+    return {"first": float(curve[:, slice(*first)].mean()), "last": float(curve[:, slice(*last)].mean()),
+            "gain": float(diff.mean()), "se": se, "z": float(diff.mean() / se) if se > 0 else None}
+
+
+def run_prompting(setting: Setting | str, seeds=(0,), with_ed: bool = True, runs_root="runs",
+                  out_root="results", episodes: int = 50, seed: int = 4321) -> dict:
+    """Prompt the trained models of ``setting`` on held-out tasks (module docstring)."""
+    setting = get_setting(setting) if isinstance(setting, str) else setting
+    env = envs.make(setting.env, **setting.env_overrides)
+    horizon = env.max_episode_steps
+    runs = Path(runs_root) / setting.name
+    models = {"AD": [load_model(runs / f"ad-seed{s}") for s in seeds]}
+    if with_ed:
+        models["ED"] = [load_model(runs / f"ed-seed{s}") for s in seeds]
+    cfg = models["AD"][0].config
+
+    key = jax.random.PRNGKey(seed)
+    tasks = ev.eval_tasks(env, "test", setting.eval_tasks, key)
+    if env.finite_tasks:
+        tasks = ev.repeat_tasks(tasks, setting.eval_rollouts_per_task)
+    optimum = float(np.mean(jax.vmap(env.optimal_return)(tasks)))
+
+    source = source_agents.get(setting.source)
+    source_config = source_agents.make_config(source, setting.env, **setting.source_overrides)
+    n = jax.tree.leaves(tasks)[0].shape[0]
+    history = jax.jit(jax.vmap(source.make_train(env, source_config)))(
+        jax.random.split(jax.random.fold_in(key, 1), n), tasks)
+    done = np.asarray(history.terminated | history.truncated)
+    if not (np.diff(np.flatnonzero(done[0])) == horizon).all():
+        raise ValueError(f"prompting needs fixed-length episodes; {setting.env} episodes vary")
+    source_curve = ev.episode_curve(history, int(done.sum(1).min()))
+    e = half_trained_episode(source_curve, optimum)
+    prompt_episodes = min(e, math.ceil(cfg.num_layers * cfg.context / horizon))
+    prompt = episode_slice(history, horizon, e - prompt_episodes, e)
+
+    curves = {}
+    num_steps = episodes * horizon
+    for label, ms in models.items():
+        for prompted in (True, False):
+            rows = [ev.episode_curve(ev.ad_rollout(m.params, m.config, env, tasks,
+                                                   jax.random.fold_in(key, 100 + i), num_steps,
+                                                   prompt=prompt if prompted else None), episodes)
+                    for i, m in enumerate(ms)]
+            curves[f"{label} ({'prompted' if prompted else 'no prompt'})"] = np.concatenate(rows)
+    curves["source (continues)"] = source_curve[:, e:e + episodes]
+    prompt_level = float(source_curve[:, e - prompt_episodes:e].mean())
+
+    summary = {"optimal_mean_return": optimum, "half_trained_episode": e + 1,
+               "prompt_episodes": prompt_episodes, "prompt_mean_return": prompt_level,
+               "rows": n * len(seeds), **{k: improvement(v) for k, v in curves.items()}}
+    panel = {k: {"mean": ev.mean_and_ci(v)[0], "ci": ev.mean_and_ci(v)[1],
+                 **({"style": {"ls": "--", "lw": 1.0}} if "no prompt" in k else {})}
+             for k, v in curves.items()}
+    panel["prompt level"] = {"mean": np.full(episodes, prompt_level), "ci": None,
+                             "style": {"color": "tab:orange", "ls": "-.", "lw": 1.0}}
+    panel["optimal"] = {"mean": np.full(episodes, optimum), "ci": None}
+    out_dir = Path(out_root) / setting.name
+    plot_curves({"held-out tasks": panel}, out_dir / "prompting.png",
+                title=f"{setting.name}: prompted with the source's episodes {e - prompt_episodes + 1}"
+                      f"–{e} (half-trained)")
+    record = {"setting": setting.name, "seeds": list(seeds), "episodes": episodes,
+              "summary": summary,
+              "curves": {k: {"mean": ev.mean_and_ci(v)[0].tolist(), "ci95": ev.mean_and_ci(v)[1].tolist()}
+                         for k, v in curves.items()},
+              **provenance()}
+    atomic_write_text(out_dir / "prompting.json", json.dumps(record, indent=1))
+    return record
+
+
+def print_summary(record: dict) -> None:
+    s = record["summary"]
+    print(f"\n=== {record['setting']}: prompting check (held-out, {s['rows']} rollouts per model) ===")
+    print(f"source reaches half the optimum ({s['optimal_mean_return']:.2f}) at episode "
+          f"{s['half_trained_episode']}; prompt = its last {s['prompt_episodes']} episodes, "
+          f"mean return {s['prompt_mean_return']:.2f}")
+    print(f"{'':22s}{'ep 1-5':>9s}{'last 10':>9s}{'gain':>8s}{'z':>7s}")
+    for k, v in s.items():
+        if isinstance(v, dict):
+            z = f"{v['z']:7.1f}" if v["z"] is not None else "      -"
+            print(f"{k:22s}{v['first']:9.2f}{v['last']:9.2f}{v['gain']:8.2f}{z}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments.prompting", description=__doc__.split("\n")[0],
+                                epilog="settings: " + ", ".join(SETTINGS))
+    p.add_argument("setting", choices=sorted(SETTINGS), help="a setting trained by experiments.run")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default: 0)")
+    p.add_argument("--ed", action="store_true", help="also prompt the ED models (run experiments.run --ed first)")
+    p.add_argument("--episodes", type=int, default=50, help="episodes after the prompt (default: 50)")
+    p.add_argument("--runs", default="runs", help="root of the trained models (default: runs)")
+    p.add_argument("--out", default="results", help="root of prompting.json / .png (default: results)")
+    args = p.parse_args(argv)
+    reexec_with_hugepage_malloc()
+    record = run_prompting(args.setting, tuple(args.seeds), args.ed, args.runs, args.out, args.episodes)
+    print_summary(record)
+    print(f"wrote {Path(args.out) / args.setting / 'prompting.json'} and prompting.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
