@@ -94,23 +94,34 @@ def _bank(gym_id: str, gym_kwargs: tuple, num_layouts: int, cache_dir: str | Non
     )
 
 
-_goal_distances = jax.jit(jax.vmap(planning.goal_distance))
+@functools.lru_cache(maxsize=16)
+def _goal_distance_program(shape: tuple):
+    """``planning.goal_distance`` over a stack of grids, compiled once per bank shape."""
+    grids = jax.ShapeDtypeStruct(shape, jnp.uint8)
+    return jax.jit(jax.vmap(planning.goal_distance)).lower(grids).compile()
+
+
+def _bank_arrays(bank: layouts.LayoutBank) -> MiniGridParams:
+    """A whole bank as ``MiniGridParams`` of host (NumPy) arrays, distance tables included."""
+    grid = np.ascontiguousarray(bank.grid, np.uint8)
+    # A compiled executable runs eagerly on concrete arrays, even when this is called
+    # inside a trace (sample_params under jit), so the table is always a constant.
+    goal_distance = np.asarray(_goal_distance_program(grid.shape)(grid), np.int32)
+    return MiniGridParams(
+        grid=grid,
+        agent_pos=np.asarray(bank.agent_pos, np.int32),
+        agent_dir=np.asarray(bank.agent_dir, np.int32),
+        goal_pos=np.asarray(bank.goal_pos, np.int32),
+        door_pos=np.asarray(bank.door_pos, np.int32),
+        optimal_steps=np.asarray(bank.optimal_steps, np.int32),
+        seed=bank.seed.astype(np.int32),
+        goal_distance=goal_distance,
+    )
 
 
 def bank_to_params(bank: layouts.LayoutBank) -> MiniGridParams:
     """A whole bank as one batched ``MiniGridParams`` (leading axis: layouts)."""
-    with jax.ensure_compile_time_eval():  # concrete even when called inside a trace
-        goal_distance = _goal_distances(jnp.asarray(bank.grid, jnp.uint8))
-    return MiniGridParams(
-        grid=jnp.asarray(bank.grid, jnp.uint8),
-        agent_pos=jnp.asarray(bank.agent_pos, jnp.int32),
-        agent_dir=jnp.asarray(bank.agent_dir, jnp.int32),
-        goal_pos=jnp.asarray(bank.goal_pos, jnp.int32),
-        door_pos=jnp.asarray(bank.door_pos, jnp.int32),
-        optimal_steps=jnp.asarray(bank.optimal_steps, jnp.int32),
-        seed=jnp.asarray(bank.seed.astype(np.int32)),
-        goal_distance=goal_distance,
-    )
+    return jax.tree.map(jnp.asarray, _bank_arrays(bank))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,7 +190,7 @@ class MiniGrid(Environment):
 
     def tasks(self, split: str) -> MiniGridParams:
         check_split(split)
-        return _split_params(self, split)
+        return jax.tree.map(jnp.asarray, _split_arrays(self, split))
 
     def sample_params(self, key: jax.Array, split: str = "train") -> MiniGridParams:
         tasks = self.tasks(split)
@@ -257,9 +268,11 @@ class MiniGrid(Environment):
 
 
 @functools.lru_cache(maxsize=64)
-def _split_params(env: MiniGrid, split: str) -> MiniGridParams:
-    """``env.tasks(split)``, built once per env config (the distance tables cost a sweep)."""
-    return bank_to_params(env.split_bank(split))
+def _split_arrays(env: MiniGrid, split: str) -> MiniGridParams:
+    """``env.tasks(split)`` as host arrays, built once per env config (the distance
+    tables cost a sweep). Host arrays, not jax ones: a cached jax array made inside a
+    trace would be a leaked tracer."""
+    return _bank_arrays(env.split_bank(split))
 
 
 def _variant(name: str, doc: str, **classvars) -> type[MiniGrid]:
