@@ -172,3 +172,85 @@ def source_curve(env, source_name: str, source_config, tasks: PyTree, key: jax.A
     train = jax.jit(jax.vmap(source.make_train(env, cfg)))
     history = train(jax.random.split(key, n), tasks)
     return episode_curve(history, num_episodes)
+
+
+# ----------------------------------------------------------------------------------------
+# The same policy in any gymnasium env, by a plain Python loop
+# ----------------------------------------------------------------------------------------
+@partial(jax.jit, static_argnames=("config", "temperature"))
+def _policy_step(params: PyTree, config: ModelConfig, cache, obs, prev_action, prev_reward,
+                 step_key, temperature: float = 1.0):
+    """One step of ``ad_rollout``'s loop body for a batch of one: sample, update the cache."""
+    act_key, _ = jax.random.split(step_key)  # the second half is ad_rollout's env key
+    step = StepInputs(_broadcast_obs(obs), prev_action[:, None], prev_reward[:, None])
+    logits, cache = decode_step(params, config, cache, step)
+    action = jax.random.categorical(act_key, logits / temperature).astype(jnp.int32)
+    return action, cache
+
+
+def _model_obs(config: ModelConfig, obs):
+    """A gymnasium observation as the model's observation pytree (batch of one)."""
+    if config.obs_encoder == "minigrid":  # minigrid's obs also carries "mission" (a string)
+        obs = {"image": obs["image"], "direction": obs["direction"]}
+    return jax.tree.map(lambda x: np.asarray(x)[None], obs)
+
+
+def gym_rollout(params: PyTree, config: ModelConfig, gym_env, reset_seed: int | None,
+                key: jax.Array, num_episodes: int, *, temperature: float = 1.0,
+                num_steps: int | None = None) -> Rollout:
+    """Run the model in context in a ``gymnasium`` env for ``num_episodes`` episodes.
+
+    The policy is ``ad_rollout``'s, stepped by a Python loop with a jitted single-step
+    decode (rolling KV cache): at every step the model sees ``(obs, action[t-1],
+    reward[t-1])`` across episode boundaries, as in ``ad_rollout``. ``gym_env`` is any
+    ``gymnasium.Env`` whose observations match ``config`` (for the "minigrid" encoder:
+    a dict with ``"image"`` and ``"direction"``; other keys are ignored) and whose actions
+    are ``Discrete(config.num_actions)``; it is reset with ``reset(seed=reset_seed)`` at
+    the start of every episode (for ``minigrid``: the layout of that seed, every time).
+
+    Randomness is drawn exactly as ``ad_rollout`` draws it for a batch of one task:
+    ``_, key = split(key)``, step ``t`` uses ``split(key, num_steps)[t]``, split again into
+    the sampling key and the (here unused) env key. So on the same task, with the same
+    ``key``, the actions equal ``ad_rollout``'s step by step while the observations and
+    rewards do. Row ``t`` of a threefry split does not depend on its length (JAX's
+    default ``jax_threefry_partitionable``), so ``num_steps`` is only needed without it.
+
+    Returns a ``Rollout`` of NumPy arrays of shape ``(S,)``: one entry per step taken.
+    """
+    if num_episodes < 1:
+        raise ValueError(f"gym_rollout: num_episodes must be >= 1, got {num_episodes}")
+    partitionable = jax.config.jax_threefry_partitionable
+    if num_steps is None and not partitionable:
+        raise ValueError("gym_rollout: without jax_threefry_partitionable the step keys depend "
+                         "on num_steps; pass the num_steps of the ad_rollout to match")
+    _, key = jax.random.split(key)  # ad_rollout's reset key is unused: gym_env resets itself
+    bound = num_steps or 1024
+    step_keys = jax.random.split(key, bound)
+    cache = init_cache(config, 1)
+    prev_action = jnp.full((1,), config.num_actions, jnp.int32)
+    prev_reward = jnp.zeros((1,), jnp.float32)
+    actions, rewards, dones = [], [], []
+    t = 0
+    for _ in range(num_episodes):
+        obs, _ = gym_env.reset(seed=reset_seed)
+        done = False
+        while not done:
+            if t >= bound:
+                if num_steps is not None:
+                    raise ValueError(f"gym_rollout: {num_episodes} episodes need more than "
+                                     f"num_steps={num_steps} steps")
+                bound *= 2
+                step_keys = jax.random.split(key, bound)
+            action, cache = _policy_step(params, config, cache, _model_obs(config, obs),
+                                         prev_action, prev_reward, step_keys[t], temperature)
+            a = int(action[0])
+            obs, reward, terminated, truncated, _ = gym_env.step(a)
+            done = bool(terminated or truncated)
+            prev_action = action
+            prev_reward = jnp.asarray([reward], jnp.float32)
+            actions.append(a)
+            rewards.append(float(reward))
+            dones.append(done)
+            t += 1
+    return Rollout(np.asarray(actions, np.int32), np.asarray(rewards, np.float32),
+                   np.asarray(dones, bool))

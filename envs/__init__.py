@@ -43,6 +43,24 @@ GYM_IDS: dict[str, str] = {
 }
 
 
+
+def _minigrid_gym_id(cls) -> str:
+    """``ad/`` + minigrid's own id, with ``-Random`` / ``-Dark`` for the variants that
+    minigrid has no id for (``ad/MiniGrid-Empty-Random-8x8-v0``,
+    ``ad/MiniGrid-FourRooms-Dark-v0``)."""
+    base = cls.gym_id.removesuffix("-v0")
+    if "-random-" in cls.name and "-Random-" not in base:
+        base = base.replace("MiniGrid-Empty-", "MiniGrid-Empty-Random-")
+    if cls.hide_goal:
+        base += "-Dark"
+    return f"ad/{base}-v0"
+
+
+# MiniGrid ports: dict observations {"image", "direction"} (a gymnasium Dict space).
+GYM_IDS.update({name: _minigrid_gym_id(cls) for name, cls in MINIGRID_ENVS.items()})
+assert len(set(GYM_IDS.values())) == len(GYM_IDS), "gymnasium ids must be unique"
+
+
 def registered() -> list[str]:
     """Names accepted by ``make``."""
     return sorted(_REGISTRY)

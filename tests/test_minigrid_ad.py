@@ -196,3 +196,78 @@ def test_demonstrator_only_on_navigation_envs():
     _, state = env.reset(jax.random.key(0), params)
     with pytest.raises(ValueError, match="demonstrator"):
         env.optimal_action(jax.random.key(0), state, params)
+
+
+# ---- the gymnasium loop: the real minigrid env against the JAX port ----------------------------
+def _sharp_params(cfg, seed=0, scale=15.0):
+    """Random-init params with a head scaled up, so the policy depends visibly on its inputs."""
+    params = init_params(cfg, jax.random.key(seed))
+    head = dict(params["head"], kernel=params["head"]["kernel"] * scale)
+    return dict(params, head=head)
+
+
+def test_gym_rollout_in_real_minigrid_equals_the_jax_port():
+    gymnasium = pytest.importorskip("gymnasium")
+    pytest.importorskip("minigrid")
+    from ad.evaluate import ad_rollout, gym_rollout
+    from envs.minigrid import HideGoalObs
+
+    env = envs.make("minigrid-fourrooms-dark")
+    tasks = env.tasks("test")
+    # held-out layouts whose goal is close to the start, so the random policy succeeds often
+    picks = np.argsort(np.asarray(tasks.optimal_steps), kind="stable")[:3]
+    cfg = tiny(context=16, d_model=32, num_heads=4, mlp_dim=64)
+    params = _sharp_params(cfg)
+    real = HideGoalObs(gymnasium.make("MiniGrid-FourRooms-v0"))
+    E = 6
+    total_reward = 0.0
+    for i in picks:
+        task = jax.tree.map(lambda x: x[i:i + 1], tasks)
+        key = jax.random.key(100 + int(i))
+        jr = jax.tree.map(np.asarray, ad_rollout(params, cfg, env, task, key, E * env.horizon))
+        gr = gym_rollout(params, cfg, real, int(tasks.seed[i]), key, E)
+        S = len(gr.action)
+        assert gr.done.sum() == E and gr.done[-1] and jr.done[0, :S].sum() == E
+        np.testing.assert_array_equal(gr.action, jr.action[0, :S])
+        np.testing.assert_array_equal(gr.done, jr.done[0, :S])
+        np.testing.assert_allclose(gr.reward, jr.reward[0, :S], rtol=0, atol=1e-6)
+        assert len(set(gr.action.tolist())) > 2  # not a frozen policy
+        total_reward += float(gr.reward.sum())
+    assert total_reward > 0  # some episodes reached the goal, so returns were compared too
+
+
+def test_gym_rollout_in_our_gym_env_equals_ad_rollout():
+    import gymnasium
+
+    from ad.evaluate import ad_rollout, gym_rollout
+
+    env = envs.make("minigrid-fourrooms-dark")
+    tasks = env.tasks("test")
+    cfg = tiny(context=16, d_model=32, num_heads=4, mlp_dim=64)
+    params = _sharp_params(cfg, seed=1)
+    task = jax.tree.map(lambda x: x[:1], tasks)
+    gym_env = gymnasium.make(envs.GYM_IDS["minigrid-fourrooms-dark"],
+                             task=jax.tree.map(lambda x: x[0], task))
+    key = jax.random.key(7)
+    jr = jax.tree.map(np.asarray, ad_rollout(params, cfg, env, task, key, 3 * env.horizon))
+    gr = gym_rollout(params, cfg, gym_env, None, key, 3)
+    S = len(gr.action)
+    np.testing.assert_array_equal(gr.action, jr.action[0, :S])
+    np.testing.assert_array_equal(gr.reward, jr.reward[0, :S])
+
+
+@pytest.mark.parametrize("name", ["minigrid-fourrooms-dark", "minigrid-doorkey-5x5"])
+def test_minigrid_gym_ids_pass_check_env(name):
+    import warnings
+
+    import gymnasium
+    from gymnasium.utils.env_checker import check_env
+
+    gym_id = envs.GYM_IDS[name]
+    assert gym_id.startswith("ad/MiniGrid-") and gym_id in gymnasium.registry
+    env = gymnasium.make(gym_id, split="test")
+    assert isinstance(env.observation_space, gymnasium.spaces.Dict)
+    assert env.observation_space["image"].shape == (7, 7, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(env.unwrapped, skip_render_check=True)
