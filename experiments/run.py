@@ -89,8 +89,36 @@ def evaluate_setting(setting: Setting, ad_models: list, ed_models: list, seed: i
         if _is_bandit(env):
             regrets["random"] = _pseudo_regret(env, tasks, rnd.action)
         optimum = np.asarray(jax.vmap(env.optimal_return)(tasks))
-        out[split] = {"curves": curves, "regret": regrets, "optimum": optimum, "num_rollouts": n}
+        out[split] = {"curves": curves, "regret": regrets, "optimum": optimum, "num_rollouts": n,
+                      "rollouts_per_task": setting.eval_rollouts_per_task if env.finite_tasks else 1}
     return out
+
+
+def improvement(curve: np.ndarray, num_rollouts: int, rollouts_per_task: int,
+                early: int = 5, late: int = 10) -> dict | None:
+    """In-context improvement: mean return over the last ``late`` episodes minus the mean
+    over the first ``early``, with its standard error across *tasks*.
+
+    ``curve`` rows are models x tasks x rollouts (``num_rollouts`` rows per model, each
+    task's ``rollouts_per_task`` rollouts adjacent, as ``ev.repeat_tasks`` lays them out);
+    each task's rows (all models and rollouts) are averaged first, so the SE is over tasks.
+    ``z`` = mean / SE. ``None`` when the curve is too short or there is one task.
+    """
+    curve = np.asarray(curve, np.float64)
+    E = curve.shape[1]
+    if E < early + late or curve.shape[0] % num_rollouts or num_rollouts % rollouts_per_task:
+        return None
+    per_task = curve.reshape(-1, num_rollouts // rollouts_per_task, rollouts_per_task, E)
+    per_task = per_task.mean(axis=(0, 2))  # (tasks, E)
+    if per_task.shape[0] < 2:
+        return None
+    first, last = per_task[:, :early].mean(1), per_task[:, E - late:].mean(1)
+    diff = last - first
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff)))
+    return {"early_episodes": [1, early], "late_episodes": [E - late + 1, E],
+            "early_mean": float(first.mean()), "late_mean": float(last.mean()),
+            "mean": float(diff.mean()), "se": se,
+            "z": float(diff.mean() / se) if se > 0 else None, "tasks": int(len(diff))}
 
 
 def summarise(setting: Setting, results: dict) -> dict:
@@ -104,6 +132,8 @@ def summarise(setting: Setting, results: dict) -> dict:
                         for k in setting.report_episodes if k <= c.shape[1]}
             s[label].update({f"fraction_of_optimum_{k}": v / opt if opt else None
                              for k, v in list(s[label].items())})
+            s[label]["improvement"] = improvement(c, r["num_rollouts"], r.get(
+                "rollouts_per_task", 1))
         for label, reg in r["regret"].items():
             s[label]["cumulative_regret"] = float(reg[:, -1].mean())
             s[label]["cumulative_regret_se"] = float(reg[:, -1].std(ddof=1) / np.sqrt(len(reg)))
@@ -154,6 +184,13 @@ def print_summary(setting: Setting, summary: dict) -> None:
             row = "".join(f"{s[label].get(f'by_episode_{k}', float('nan')):10.3f}" for k in ks)
             reg = s[label].get("cumulative_regret")
             print(f"{label:8s}{row}" + (f"   {reg:8.2f}" if reg is not None else ""))
+        for label in ("AD", "ED"):
+            imp = s.get(label, {}).get("improvement")
+            if imp and imp["z"] is not None:
+                e, l_ = imp["early_episodes"], imp["late_episodes"]
+                print(f"{label} improvement, episodes {l_[0]}-{l_[1]} minus {e[0]}-{e[1]}: "
+                      f"{imp['mean']:+.3f} ± {imp['se']:.3f} (SE over {imp['tasks']} tasks), "
+                      f"z = {imp['z']:.1f}")
 
 
 def run(setting: Setting, seeds=(0,), with_ed: bool = False, data_root="data", runs_root="runs",

@@ -271,3 +271,21 @@ def test_minigrid_gym_ids_pass_check_env(name):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_env(env.unwrapped, skip_render_check=True)
+
+
+# ---- the run summary's improvement statistic --------------------------------------------------
+def test_improvement_averages_each_tasks_rollouts_before_the_se():
+    from experiments.run import improvement
+
+    E, tasks, R, models = 20, 3, 2, 2
+    gain = np.array([1.0, 2.0, 3.0])  # per task: late episodes pay this much more
+    rows = np.zeros((models, tasks, R, E))
+    rows[..., E - 10:] += gain[None, :, None, None]
+    rows[..., 0, :] += 0.5  # rollout noise that averages out within each task
+    rows[..., 1, :] -= 0.5
+    out = improvement(rows.reshape(-1, E), num_rollouts=tasks * R, rollouts_per_task=R)
+    assert out["tasks"] == 3 and out["early_episodes"] == [1, 5] and out["late_episodes"] == [11, 20]
+    assert out["mean"] == pytest.approx(2.0)
+    assert out["se"] == pytest.approx(gain.std(ddof=1) / np.sqrt(3))
+    assert out["z"] == pytest.approx(2.0 / out["se"])
+    assert improvement(rows.reshape(-1, E)[:, :12], tasks * R, R) is None  # too short
