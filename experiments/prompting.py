@@ -61,8 +61,16 @@ def episode_slice(history: LearningHistory, horizon: int, first: int, last: int)
     return jax.tree.map(lambda x: x[:, first * horizon:last * horizon], history)
 
 
+def per_task(curve: np.ndarray, rows_per_model: int, rollouts_per_task: int) -> np.ndarray:
+    """Each task's mean curve: rows are blocks of ``rows_per_model`` (one block per model),
+    each task's ``rollouts_per_task`` rollouts adjacent (``ev.repeat_tasks``) -> (tasks, E)."""
+    E = curve.shape[1]
+    return curve.reshape(-1, rows_per_model // rollouts_per_task, rollouts_per_task, E).mean((0, 2))
+
+
 def improvement(curve: np.ndarray, first=(0, 5), last=(-10, None)) -> dict:
-    """Mean return over the last episodes minus the first ones, its SE across rows, z."""
+    """Mean return over the last episodes minus the first ones, its SE across rows (pass
+    ``per_task`` curves for the SE across tasks), z."""
     diff = curve[:, slice(*last)].mean(1) - curve[:, slice(*first)].mean(1)
     se = float(diff.std(ddof=1) / math.sqrt(len(diff)))
     return {"first": float(curve[:, slice(*first)].mean()), "last": float(curve[:, slice(*last)].mean()),
@@ -83,8 +91,8 @@ def run_prompting(setting: Setting | str, seeds=(0,), with_ed: bool = True, runs
 
     key = jax.random.PRNGKey(seed)
     tasks = ev.eval_tasks(env, "test", setting.eval_tasks, key)
-    if env.finite_tasks:
-        tasks = ev.repeat_tasks(tasks, setting.eval_rollouts_per_task)
+    rollouts = setting.eval_rollouts_per_task if env.finite_tasks else 1
+    tasks = ev.repeat_tasks(tasks, rollouts)
     optimum = float(np.mean(jax.vmap(env.optimal_return)(tasks)))
 
     source = source_agents.get(setting.source)
@@ -114,7 +122,9 @@ def run_prompting(setting: Setting | str, seeds=(0,), with_ed: bool = True, runs
 
     summary = {"optimal_mean_return": optimum, "half_trained_episode": e + 1,
                "prompt_episodes": prompt_episodes, "prompt_mean_return": prompt_level,
-               "rows": n * len(seeds), **{k: improvement(v) for k, v in curves.items()}}
+               "rows": n * len(seeds), "tasks": n // rollouts,
+               # SE across tasks: each task's rollouts (and models) are averaged first
+               **{k: improvement(per_task(v, n, rollouts)) for k, v in curves.items()}}
     panel = {k: {"mean": ev.mean_and_ci(v)[0], "ci": ev.mean_and_ci(v)[1],
                  **({"style": {"ls": "--", "lw": 1.0}} if "no prompt" in k else {})}
              for k, v in curves.items()}
@@ -136,7 +146,8 @@ def run_prompting(setting: Setting | str, seeds=(0,), with_ed: bool = True, runs
 
 def print_summary(record: dict) -> None:
     s = record["summary"]
-    print(f"\n=== {record['setting']}: prompting check (held-out, {s['rows']} rollouts per model) ===")
+    print(f"\n=== {record['setting']}: prompting check (held-out, {s['rows']} rollouts per model "
+          f"on {s['tasks']} tasks; SE across tasks) ===")
     print(f"source reaches half the optimum ({s['optimal_mean_return']:.2f}) at episode "
           f"{s['half_trained_episode']}; prompt = its last {s['prompt_episodes']} episodes, "
           f"mean return {s['prompt_mean_return']:.2f}")

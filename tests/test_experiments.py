@@ -57,7 +57,7 @@ def test_tiny_bandit_pipeline_writes_results(tmp_path):
 
 
 def test_half_trained_episode_and_improvement_by_hand():
-    from experiments.prompting import half_trained_episode, improvement
+    from experiments.prompting import half_trained_episode, improvement, per_task
 
     curve = np.tile(np.arange(30, dtype=float), (3, 1))  # returns 0, 1, ..., 29
     # smoothed over 4 episodes: (i + i+1 + i+2 + i+3)/4 = i + 1.5 >= 10 first at i = 9 -> 9 + 2
@@ -68,6 +68,9 @@ def test_half_trained_episode_and_improvement_by_hand():
     out = improvement(rows, first=(0, 2), last=(-2, None))
     assert out["first"] == 0.25 and out["last"] == 2.25 and out["gain"] == 2.0
     assert out["se"] == pytest.approx(np.std([2.0, 2.0], ddof=1) / np.sqrt(2)) and out["z"] is None
+    # 2 models x (2 tasks x 2 rollouts): task 0 rows 0, 1, 4, 5; task 1 rows 2, 3, 6, 7
+    curve = np.arange(8, dtype=float)[:, None]
+    np.testing.assert_array_equal(per_task(curve, 4, 2), [[(0 + 1 + 4 + 5) / 4], [(2 + 3 + 6 + 7) / 4]])
 
 
 def test_tiny_prompting_check_writes_results(tmp_path):
@@ -84,7 +87,7 @@ def test_tiny_prompting_check_writes_results(tmp_path):
     record = run_prompting(setting, seeds=(0,), runs_root=tmp_path / "r", out_root=tmp_path / "o",
                            episodes=12)
     s = record["summary"]
-    assert s["prompt_episodes"] == 2 and s["rows"] == 16  # ceil(1 layer * 20 / 10); 16 held-out goals
+    assert s["prompt_episodes"] == 2 and s["rows"] == s["tasks"] == 16  # ceil(1 * 20 / 10); 16 goals
     assert set(record["curves"]) == {"AD (prompted)", "AD (no prompt)", "ED (prompted)",
                                      "ED (no prompt)", "source (continues)"}
     assert all(len(c["mean"]) == 12 for c in record["curves"].values())
