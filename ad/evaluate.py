@@ -16,6 +16,10 @@ Prompting (the paper's check): ``prompt=`` a batch of histories (e.g. a half-tra
 source's episodes on the same tasks) is fed through the cache first, then the model
 continues acting from a fresh episode.
 
+The same policy in any ``gymnasium`` env (e.g. the real ``minigrid`` package):
+``gym_rollout``, a Python loop over a jitted one-step decode that draws its sampling keys
+as ``ad_rollout`` does, so on the same task and key the two take the same actions.
+
 "By episode k" (the issue's metric) = the mean over episodes k−4 … k+5 (1-based), over
 tasks and rollouts: ``by_episode(curve, k)``.
 """
