@@ -1,7 +1,8 @@
 """In-context evaluation: does a distilled model improve, episode after episode, on new tasks?
 
 The model acts in a JAX env for ``num_episodes`` consecutive episodes of one task, with
-its own growing context: at every step it sees ``(obs[t], action[t-1], reward[t-1])``,
+its own growing context: at every step it sees ``(obs[t], action[t-1], reward[t-1])``
+(and ``done[t-1]`` for models with ``episode_start_token``),
 *samples* ``action[t]`` from its policy, and the env steps (auto-resetting into the next
 episode of the same task). Everything is one jitted ``lax.scan`` over steps, vmapped
 over tasks, with the rolling KV cache of ``ad.model.decode_step`` (exact: equal to a full
@@ -52,6 +53,12 @@ def _broadcast_obs(obs):
     return jax.tree.map(lambda o: jnp.asarray(o, jnp.int32)[:, None], obs)
 
 
+def _step_inputs(obs, prev_action, prev_reward, prev_done) -> StepInputs:
+    """One step's model inputs (T = 1) from per-stream arrays of shape (N,)."""
+    return StepInputs(_broadcast_obs(obs), prev_action[:, None], prev_reward[:, None],
+                      prev_done[:, None])
+
+
 @partial(jax.jit, static_argnames=("config", "env", "num_steps", "temperature"))
 def ad_rollout(params: PyTree, config: ModelConfig, env, tasks: PyTree, key: jax.Array,
                num_steps: int, temperature: float = 1.0,
@@ -64,37 +71,36 @@ def ad_rollout(params: PyTree, config: ModelConfig, env, tasks: PyTree, key: jax
     n = jax.tree.leaves(tasks)[0].shape[0]
     cache = init_cache(config, n)
     none_action = jnp.full((n,), config.num_actions, jnp.int32)
-    prev_action, prev_reward = none_action, jnp.zeros((n,), jnp.float32)
+    # (action[t-1], reward[t-1], done[t-1]) of every stream; a stream starts an episode
+    prev = (none_action, jnp.zeros((n,), jnp.float32), jnp.ones((n,), bool))
 
     if prompt is not None:  # teacher-force a given context into the cache first
         def feed(carry, xs):
-            cache, prev_action, prev_reward = carry
-            obs, action, reward = xs
-            step = StepInputs(_broadcast_obs(obs), prev_action[:, None], prev_reward[:, None])
-            _, cache = decode_step(params, config, cache, step)
-            return (cache, action.astype(jnp.int32), reward.astype(jnp.float32)), None
+            cache, prev = carry
+            obs, action, reward, done = xs
+            _, cache = decode_step(params, config, cache, _step_inputs(obs, *prev))
+            return (cache, (action.astype(jnp.int32), reward.astype(jnp.float32), done)), None
 
         xs = (jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), prompt.obs),
-              prompt.action.T, prompt.reward.T)
-        (cache, prev_action, prev_reward), _ = jax.lax.scan(
-            feed, (cache, prev_action, prev_reward), xs)
+              prompt.action.T, prompt.reward.T,
+              jnp.logical_or(prompt.terminated, prompt.truncated).T)
+        (cache, prev), _ = jax.lax.scan(feed, (cache, prev), xs)
 
     reset_key, key = jax.random.split(key)
     obs, state = jax.vmap(env.reset)(jax.random.split(reset_key, n), tasks)
 
     def body(carry, step_key):
-        cache, obs, state, prev_action, prev_reward = carry
+        cache, obs, state, prev = carry
         act_key, env_key = jax.random.split(step_key)
-        step = StepInputs(_broadcast_obs(obs), prev_action[:, None], prev_reward[:, None])
-        logits, cache = decode_step(params, config, cache, step)
+        logits, cache = decode_step(params, config, cache, _step_inputs(obs, *prev))
         action = jax.random.categorical(act_key, logits / temperature).astype(jnp.int32)
         obs, state, reward, terminated, truncated, _ = jax.vmap(env.step)(
             jax.random.split(env_key, n), state, action, tasks)
         done = jnp.logical_or(terminated, truncated)
-        carry = (cache, obs, state, action, reward.astype(jnp.float32))
+        carry = (cache, obs, state, (action, reward.astype(jnp.float32), done))
         return carry, Rollout(action, reward, done)
 
-    carry = (cache, obs, state, prev_action, prev_reward)
+    carry = (cache, obs, state, prev)
     _, out = jax.lax.scan(body, carry, jax.random.split(key, num_steps))
     return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), out)
 
@@ -183,10 +189,10 @@ def source_curve(env, source_name: str, source_config, tasks: PyTree, key: jax.A
 # ----------------------------------------------------------------------------------------
 @partial(jax.jit, static_argnames=("config", "temperature"))
 def _policy_step(params: PyTree, config: ModelConfig, cache, obs, prev_action, prev_reward,
-                 step_key, temperature: float = 1.0):
+                 prev_done, step_key, temperature: float = 1.0):
     """One step of ``ad_rollout``'s loop body for a batch of one: sample, update the cache."""
     act_key, _ = jax.random.split(step_key)  # the second half is ad_rollout's env key
-    step = StepInputs(_broadcast_obs(obs), prev_action[:, None], prev_reward[:, None])
+    step = _step_inputs(obs, prev_action, prev_reward, prev_done)
     logits, cache = decode_step(params, config, cache, step)
     action = jax.random.categorical(act_key, logits / temperature).astype(jnp.int32)
     return action, cache
@@ -233,6 +239,7 @@ def gym_rollout(params: PyTree, config: ModelConfig, gym_env, reset_seed: int | 
     cache = init_cache(config, 1)
     prev_action = jnp.full((1,), config.num_actions, jnp.int32)
     prev_reward = jnp.zeros((1,), jnp.float32)
+    prev_done = jnp.ones((1,), bool)
     actions, rewards, dones = [], [], []
     t = 0
     for _ in range(num_episodes):
@@ -246,12 +253,14 @@ def gym_rollout(params: PyTree, config: ModelConfig, gym_env, reset_seed: int | 
                 bound *= 2
                 step_keys = jax.random.split(key, bound)
             action, cache = _policy_step(params, config, cache, _model_obs(config, obs),
-                                         prev_action, prev_reward, step_keys[t], temperature)
+                                         prev_action, prev_reward, prev_done, step_keys[t],
+                                         temperature)
             a = int(action[0])
             obs, reward, terminated, truncated, _ = gym_env.step(a)
             done = bool(terminated or truncated)
             prev_action = action
             prev_reward = jnp.asarray([reward], jnp.float32)
+            prev_done = jnp.asarray([done])
             actions.append(a)
             rewards.append(float(reward))
             dones.append(done)

@@ -5,7 +5,10 @@ Token layouts (``ModelConfig.token_layout``)
   ``x_t = E_obs(obs[t]) + E_act(prev_action[t]) + E_rew(prev_reward[t])``, where
   ``prev_action[t] = action[t-1]`` and ``prev_reward[t] = reward[t-1]`` (the "none"
   action ``num_actions`` and reward 0 at the first step of a stream). ``logits[:, t]``
-  predicts ``action[t]``.
+  predicts ``action[t]``. With ``episode_start_token`` a learned vector is added to the
+  tokens of steps that start an episode (RL²'s "done" input): without it the stream
+  shows no episode boundary except what the observations imply, and in Key-to-Door
+  (random starts, time-outs) whether the key is held then depends on counting steps.
 - ``"oar"``: the paper's interleaved tokens, three per step, ordered
   ``(a_{t-1}, r_{t-1}, o_t)`` for step ``t``; over a stream this is the paper's
   ``o_0, a_0, r_0, o_1, ...`` sequence preceded by a ("none", 0) pair. ``action[t]`` is
@@ -122,6 +125,8 @@ class ModelConfig:
     rope_base: float = 10000.0  # RoPE frequency base
     activation: str = "gelu"  # MLP nonlinearity: "gelu" (tanh approximation) or "relu"
     dtype: str = "float32"  # matmul compute dtype; params, softmax, logits stay float32
+    episode_start_token: bool = False  # add E_start to steps with episode_start (inputs'
+    #   done[t-1]); False keeps the paper's (o, a, r) inputs only
     attention_impl: str = "auto"  # "dense": (N, N) masked scores; "blocked": query blocks of
     #   c steps attend to their own and the previous block only (2/3 of the work at T=3c,
     #   less for longer windows); "auto": blocked when the window spans >= 3 blocks
@@ -228,10 +233,14 @@ class StepInputs(NamedTuple):
     obs: PyTree  # leaves (B, T, *obs_shape), int32 for discrete encoders
     prev_action: jax.Array  # (B, T) int32: action[t-1]; num_actions = "none" (stream start)
     prev_reward: jax.Array  # (B, T) float32: reward[t-1]; 0 at a stream start
+    # (B, T) bool: step t starts an episode (done[t-1]; True at a stream start). Read only
+    # by models with ModelConfig.episode_start_token; None where no one needs it.
+    episode_start: jax.Array | None = None
 
 
 def step_inputs_from_history(obs, action, reward, *, num_actions: int, stream_start=True,
-                             action_before=None, reward_before=None) -> StepInputs:
+                             action_before=None, reward_before=None, done=None,
+                             done_before=None) -> StepInputs:
     """Build ``StepInputs`` from a window ``obs/action/reward`` of a history.
 
     Arrays have leading dims ``(..., T)`` (``obs`` leaves ``(..., T, *shape)``).
@@ -246,6 +255,9 @@ def step_inputs_from_history(obs, action, reward, *, num_actions: int, stream_st
     - ``action_before`` / ``reward_before`` ``(...)``: ``action``/``reward`` of the step
       just before the window, used for windows that start mid-stream. Required unless
       ``stream_start is True``.
+    - ``done`` ``(..., T)`` (optional): the steps that ended an episode; then
+      ``episode_start[t] = done[t-1]`` (``done_before`` for the first step of a window
+      that starts mid-stream, default False), True wherever a stream starts.
     """
     action = jnp.asarray(action, jnp.int32)
     reward = jnp.asarray(reward, jnp.float32)
@@ -277,7 +289,14 @@ def step_inputs_from_history(obs, action, reward, *, num_actions: int, stream_st
         [jnp.asarray(reward_before, jnp.float32)[..., None], reward[..., :-1]], axis=-1)
     prev_action = jnp.where(start, num_actions, prev_action)
     prev_reward = jnp.where(start, 0.0, prev_reward)
-    return StepInputs(obs=obs, prev_action=prev_action, prev_reward=prev_reward)
+    episode_start = None
+    if done is not None:
+        done = jnp.asarray(done, bool)
+        before = (jnp.zeros(done.shape[:-1], bool) if done_before is None
+                  else jnp.broadcast_to(jnp.asarray(done_before, bool), done.shape[:-1]))
+        episode_start = jnp.concatenate([before[..., None], done[..., :-1]], axis=-1) | start
+    return StepInputs(obs=obs, prev_action=prev_action, prev_reward=prev_reward,
+                      episode_start=episode_start)
 
 
 def dummy_inputs(config: ModelConfig, batch_size: int = 1, num_steps: int = 1) -> StepInputs:
@@ -286,11 +305,12 @@ def dummy_inputs(config: ModelConfig, batch_size: int = 1, num_steps: int = 1) -
     if config.obs_encoder == "minigrid":
         obs = {"image": jnp.zeros((B, T, *config.obs_shape), jnp.int32),
                "direction": jnp.zeros((B, T), jnp.int32)}
-        return StepInputs(obs=obs, prev_action=jnp.full((B, T), config.num_actions, jnp.int32),
-                          prev_reward=jnp.zeros((B, T), jnp.float32))
-    return StepInputs(obs=jnp.zeros((B, T, *config.obs_shape), jnp.int32),
-                      prev_action=jnp.full((B, T), config.num_actions, jnp.int32),
-                      prev_reward=jnp.zeros((B, T), jnp.float32))
+    else:
+        obs = jnp.zeros((B, T, *config.obs_shape), jnp.int32)
+    return StepInputs(obs=obs, prev_action=jnp.full((B, T), config.num_actions, jnp.int32),
+                      prev_reward=jnp.zeros((B, T), jnp.float32),
+                      episode_start=(jnp.ones((B, T), bool) if config.episode_start_token
+                                     else None))
 
 
 # ----------------------------------------------------------------------------------------
@@ -690,6 +710,8 @@ class ADTransformer(nn.Module):
         self.action_embed = self.param("action_embed", init, (cfg.num_actions + 1, cfg.d_model))
         self.reward_embed = nn.Dense(cfg.d_model, kernel_init=init)  # r * w + b
         self.mask_embed = self.param("mask_embed", init, (cfg.d_model,))
+        if cfg.episode_start_token:
+            self.start_embed = self.param("start_embed", init, (cfg.d_model,))
         self.blocks = [Block(cfg) for _ in range(cfg.num_layers)]
         self.ln_final = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32)
         self.head = nn.Dense(cfg.num_actions, kernel_init=init, dtype=jnp.float32)
@@ -706,6 +728,11 @@ class ADTransformer(nn.Module):
         a = jax.nn.one_hot(inputs.prev_action, cfg.num_actions + 1, dtype=jnp.float32)
         a = a @ self.action_embed
         r = self.reward_embed(inputs.prev_reward.astype(jnp.float32)[..., None])
+        if cfg.episode_start_token:
+            if inputs.episode_start is None:
+                raise ValueError("ModelConfig.episode_start_token=True needs "
+                                 "StepInputs.episode_start (B, T) bool")
+            o = o + inputs.episode_start.astype(jnp.float32)[..., None] * self.start_embed
         if cfg.token_layout == "step":
             x = o + a + r
         else:  # (a_{t-1}, r_{t-1}, o_t) per step

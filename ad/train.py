@@ -36,7 +36,7 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -75,6 +75,7 @@ class DistillConfig:
     token_layout: str = "step"  # "step" (one token per step) or "oar" (paper's 3 tokens)
     positions: str = "rope"  # "rope" or "alibi"
     obs_encoder: str = ""  # "" picks the env's default ("cell" for grid cells)
+    episode_start_token: bool = False  # tell the model which steps start an episode
     dtype: str = "float32"  # "bfloat16" compute on accelerators
     # ---- optimisation ---------------------------------------------------------------------
     batch_size: int = 128  # windows per step, split over all devices
@@ -115,7 +116,8 @@ def model_config_for(config: DistillConfig, env) -> ModelConfig:
         d_model=config.d_model, num_layers=config.num_layers, num_heads=config.num_heads,
         mlp_dim=config.mlp_dim, dropout=config.dropout, attn_dropout=config.attn_dropout,
         token_mask_prob=config.token_mask_prob, context=config.context,
-        token_layout=config.token_layout, positions=config.positions, dtype=config.dtype)
+        token_layout=config.token_layout, positions=config.positions, dtype=config.dtype,
+        episode_start_token=config.episode_start_token)
     if config.obs_encoder:
         overrides["obs_encoder"] = config.obs_encoder
     return ModelConfig.for_env(env, **overrides)
@@ -164,14 +166,19 @@ class WindowSampler:
 
         obs = jax.tree.map(take, rows.obs)
         action, reward = take(rows.action), take(rows.reward)
+        done = take(np.logical_or(rows.terminated, rows.truncated))
         prev_action = np.concatenate([rows.action[:, :1], action[:, :-1]], axis=1)
         prev_reward = np.concatenate([rows.reward[:, :1], reward[:, :-1]], axis=1)
+        done_all = np.logical_or(rows.terminated[:, :1], rows.truncated[:, :1])
+        episode_start = np.concatenate([done_all, done[:, :-1]], axis=1)
         at_stream_start = start == 0
         prev_action[at_stream_start, 0] = self.num_actions  # the "none" action token
         prev_reward[at_stream_start, 0] = 0.0
+        episode_start[at_stream_start, 0] = True
         inputs = StepInputs(obs=jax.tree.map(lambda o: o.astype(np.int32), obs),
                             prev_action=prev_action.astype(np.int32),
-                            prev_reward=prev_reward.astype(np.float32))
+                            prev_reward=prev_reward.astype(np.float32),
+                            episode_start=episode_start)
         return Batch(inputs=inputs, target_action=action.astype(np.int32),
                      mask=np.ones(action.shape, np.float32))
 
@@ -298,7 +305,11 @@ def _check_resume(run_dir: Path, config: DistillConfig, overwrite: bool) -> None
 
             shutil.rmtree(run_dir)
         else:
-            saved = json.loads(cfg_path.read_text())
+            # a field added to DistillConfig after the run was saved counts as its default
+            defaults = {f.name: f.default for f in dataclasses.fields(DistillConfig)
+                        if f.default is not dataclasses.MISSING}
+            saved = {**{k: v for k, v in defaults.items() if k in wanted},
+                     **json.loads(cfg_path.read_text())}
             ignore = {"progress"}
             diff = sorted(k for k in set(saved) | set(wanted)
                           if k not in ignore and saved.get(k) != wanted.get(k))
@@ -319,6 +330,32 @@ def _tensorboard(run_dir: Path):
     return SummaryWriter(str(run_dir / "tb"))
 
 
+@dataclasses.dataclass(frozen=True)
+class DataParallelStep:
+    """A jitted train step over a 1-D ``data`` mesh: state replicated, batch split on axis 0."""
+    step: Callable  # (TrainState, Batch) -> (TrainState, metrics); donates the state
+    replicated: NamedSharding
+    data_sharded: NamedSharding
+
+
+def data_parallel_train_step(model: ADTransformer, optimizer, label_smoothing: float = 0.0,
+                             devices=None) -> DataParallelStep:
+    """Data parallelism with ``jax.sharding``: XLA inserts the gradient all-reduce.
+
+    On a CPU, ``jax.config.update("jax_num_cpu_devices", n)`` (or ``XLA_FLAGS=
+    --xla_force_host_platform_device_count=n``) before first use splits the host into n
+    devices; each runs its shard of the batch on its own thread, which uses several cores
+    better than one device's intra-op threading for a model this small (see
+    benchmarks/ad_throughput.py).
+    """
+    mesh = Mesh(np.array(devices if devices is not None else jax.devices()), ("data",))
+    replicated, data_sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    step = jax.jit(make_train_step(model, optimizer, label_smoothing),
+                   in_shardings=(replicated, data_sharded),
+                   out_shardings=(replicated, replicated), donate_argnums=0)
+    return DataParallelStep(step, replicated, data_sharded)
+
+
 def distill(config: DistillConfig, overwrite: bool = False) -> Path:
     """Train (or resume) a distillation run; returns the run directory."""
     run_dir = Path(config.out)
@@ -331,12 +368,11 @@ def distill(config: DistillConfig, overwrite: bool = False) -> Path:
     if config.batch_size % len(devices):
         raise ValueError(f"DistillConfig.batch_size={config.batch_size} must be divisible by "
                          f"the number of devices ({len(devices)})")
-    mesh = Mesh(np.array(devices), ("data",))
-    replicated, data_sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-
     model = ADTransformer(model_config)
     optimizer = make_optimizer(config.lr, min(config.warmup_steps, config.num_steps - 1),
                                config.num_steps, config.weight_decay, config.grad_clip)
+    parallel = data_parallel_train_step(model, optimizer, config.label_smoothing, devices)
+    replicated, data_sharded = parallel.replicated, parallel.data_sharded
     init_key, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
     state = init_train_state(init_params(model_config, init_key, config.window_steps),
                              optimizer, dropout_key)
@@ -348,9 +384,7 @@ def distill(config: DistillConfig, overwrite: bool = False) -> Path:
     if start_step >= config.num_steps and (run_dir / MODEL_DIR / "config.json").exists():
         return run_dir  # finished earlier: nothing to redo
 
-    train_step = jax.jit(make_train_step(model, optimizer, config.label_smoothing),
-                         in_shardings=(replicated, data_sharded),
-                         out_shardings=(replicated, replicated), donate_argnums=0)
+    train_step = parallel.step
     sampler = WindowSampler(dataset, config.window_steps, config.batch_size, config.seed,
                             model_config.num_actions, config.last_steps)
 

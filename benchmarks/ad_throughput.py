@@ -32,6 +32,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -52,7 +53,8 @@ from ad.model import (  # noqa: E402
     recompute_step,
     step_inputs_from_history,
 )
-from ad.train_step import Batch, init_train_state, make_optimizer, make_train_step  # noqa: E402
+from ad.train import data_parallel_train_step  # noqa: E402
+from ad.train_step import Batch, init_train_state, make_optimizer  # noqa: E402
 from ad.utils import reexec_with_hugepage_malloc  # noqa: E402
 
 NUM_ACTIONS, SIZE = 5, 9  # Dark Room shapes
@@ -89,14 +91,19 @@ def random_batch(rng, B, T) -> Batch:
 
 
 def bench_train(cfg: ModelConfig, B: int, T: int, iters: int, repeats: int, cores: int):
-    batch = random_batch(np.random.default_rng(0), B, T)
+    """The train step of ad.train.distill: data-parallel over all jax.devices()."""
     opt = make_optimizer(3e-4, 100, 10_000)
-    state = init_train_state(init_params(cfg, jax.random.key(0)), opt, jax.random.key(1))
-    step = jax.jit(make_train_step(ADTransformer(cfg), opt), donate_argnums=0)
+    parallel = data_parallel_train_step(ADTransformer(cfg), opt)
+    batch = jax.device_put(random_batch(np.random.default_rng(0), B, T), parallel.data_sharded)
+    state = jax.device_put(
+        init_train_state(init_params(cfg, jax.random.key(0)), opt, jax.random.key(1)),
+        parallel.replicated)
+    step = parallel.step
     compiled = step.lower(state, batch).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", float("nan")))
+    # SPMD cost analysis counts one device's shard: the whole step is n times that
+    flops = float(cost.get("flops", float("nan"))) * len(jax.devices())
     holder = [state]
 
     def run():
@@ -175,6 +182,26 @@ def provenance() -> dict:
             "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
 
 
+def train_table(args, base: dict, cores: int) -> dict:
+    """The training rows on the devices this process has."""
+    cfgs = {
+        "step, no dropout": ModelConfig(**base, num_layers=args.layers, context=args.context,
+                                        dropout=0.0),
+        "step, dropout .1/.5, mask .3": ModelConfig(
+            **base, num_layers=args.layers, context=args.context, dropout=0.1,
+            attn_dropout=0.5, token_mask_prob=0.3),
+        "oar, no dropout": ModelConfig(**base, num_layers=args.layers, context=args.context,
+                                       dropout=0.0, token_layout="oar"),
+    }
+    rows = {}
+    for name, cfg in cfgs.items():
+        r = bench_train(cfg, args.batch, args.window, args.iters, args.repeats, cores)
+        r["config"] = dataclasses.asdict(cfg)
+        r["devices"] = len(jax.devices())
+        rows[name] = r
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -191,6 +218,10 @@ def main(argv=None):
     p.add_argument("--eval-steps", type=int, default=400, help="KV-cache steps per timing")
     p.add_argument("--recompute-steps", type=int, default=20,
                    help="recompute steps per timing")
+    p.add_argument("--cpu-devices", type=int, nargs="+", default=[1, 2],
+                   help="on a CPU, time training with the host split into each of these "
+                        "numbers of devices (data parallel, one process each)")
+    p.add_argument("--child-devices", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--skip-eval", action="store_true", help="only the training benchmark")
     p.add_argument("--no-hugepage-malloc", action="store_true",
                    help="do not re-execute with GLIBC_TUNABLES=glibc.malloc.hugetlb=1")
@@ -201,34 +232,52 @@ def main(argv=None):
 
     base = dict(num_actions=NUM_ACTIONS, obs_shape=(2,), obs_num_values=SIZE, d_model=64,
                 num_heads=4, mlp_dim=256)
-    train_cfgs = {
-        "step, no dropout": ModelConfig(**base, num_layers=args.layers, context=args.context,
-                                        dropout=0.0),
-        "step, dropout .1/.5, mask .3": ModelConfig(
-            **base, num_layers=args.layers, context=args.context, dropout=0.1,
-            attn_dropout=0.5, token_mask_prob=0.3),
-        "oar, no dropout": ModelConfig(**base, num_layers=args.layers, context=args.context,
-                                       dropout=0.0, token_layout="oar"),
-    }
+    if args.child_devices:  # one row group of the training table, in a fresh process
+        jax.config.update("jax_num_cpu_devices", args.child_devices)
+        Path(args.out).write_text(json.dumps(train_table(args, base, cores)))
+        return
     results = {"provenance": provenance(), "args": vars(args), "train": {}, "eval": None,
-               "note": "shared CPU: other processes ran concurrently; wall figures are "
-                       "lower bounds, *_cpu_est = work / (process CPU time / cores)"}
+               "note": "wall figures depend on other load on the machine (loadavg_at_start); "
+                       "*_cpu_est = work / (process CPU time / cores)"}
     peak = matmul_peak(args.repeats)
     results["matmul_2048"] = peak
     print(f"fp32 matmul 2048^3: {peak['gflops_wall']:.0f} GFLOP/s wall, "
           f"{peak['gflops_cpu_per_core']:.0f} GFLOP/s per core of CPU time")
     print(f"\n(a) training: batch {args.batch} x {args.window} steps, c={args.context}, "
-          f"d=64, {args.layers} layers, 4 heads, MLP 256, fp32, full train step")
-    print(f"{'model':32s} {'ms wall':>8s} {'env-steps/s wall':>17s} {'cpu-est':>10s} "
+          f"d=64, {args.layers} layers, 4 heads, MLP 256, fp32, full data-parallel train step")
+    print(f"{'model':40s} {'ms wall':>8s} {'env-steps/s wall':>17s} {'cpu-est':>10s} "
           f"{'GFLOP':>6s} {'% peak':>7s} {'faults':>7s}")
-    for name, cfg in train_cfgs.items():
-        r = bench_train(cfg, args.batch, args.window, args.iters, args.repeats, cores)
-        r["pct_matmul_peak"] = 100 * r["gflops_cpu_per_core"] / peak["gflops_cpu_per_core"]
-        r["config"] = dataclasses.asdict(cfg)
-        results["train"][name] = r
-        print(f"{name:32s} {r['ms_per_step_wall']:8.1f} {r['env_steps_per_s_wall']:17,.0f} "
-              f"{r['env_steps_per_s_cpu_est']:10,.0f} {r['gflop_per_step']:6.2f} "
-              f"{r['pct_matmul_peak']:6.1f}% {r['minor_faults_per_step']:7.0f}")
+    if jax.default_backend() == "cpu":
+        # The host split into n devices needs a fresh process per n (set before the
+        # backend starts); the rows are still measured in one run, back to back.
+        groups = {}
+        for n in args.cpu_devices:
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / "train.json"
+                cmd = [sys.executable, __file__, "--child-devices", str(n), "--out", str(out),
+                       "--batch", str(args.batch), "--window", str(args.window),
+                       "--context", str(args.context), "--layers", str(args.layers),
+                       "--iters", str(args.iters), "--repeats", str(args.repeats)]
+                subprocess.run(cmd, check=True)
+                groups[n] = json.loads(out.read_text())
+    else:
+        groups = {len(jax.devices()): train_table(args, base, cores)}
+    for n, rows in groups.items():
+        for name, r in rows.items():
+            label = f"{name} [{n} device{'s' if n > 1 else ''}]"
+            r["pct_matmul_peak"] = 100 * r["gflops_cpu_per_core"] / peak["gflops_cpu_per_core"]
+            results["train"][label] = r
+            print(f"{label:40s} {r['ms_per_step_wall']:8.1f} {r['env_steps_per_s_wall']:17,.0f} "
+                  f"{r['env_steps_per_s_cpu_est']:10,.0f} {r['gflop_per_step']:6.2f} "
+                  f"{r['pct_matmul_peak']:6.1f}% {r['minor_faults_per_step']:7.0f}")
+    if len(groups) > 1:
+        lo, hi = min(groups), max(groups)
+        name = "step, no dropout"
+        ratio = (groups[hi][name]["env_steps_per_s_wall"]
+                 / groups[lo][name]["env_steps_per_s_wall"])
+        results["data_parallel_speedup"] = {"devices": [lo, hi], "model": name,
+                                            "ratio_wall": ratio}
+        print(f"{name}: {hi} host devices / {lo}: {ratio:.2f}x")
 
     if not args.skip_eval:
         cfg = ModelConfig(**base, num_layers=args.eval_layers, context=args.eval_context,

@@ -96,33 +96,39 @@ _add(Setting(
 # the README); without it ~0.34 nats. Episodes end at the door, so they vary in length:
 # every 3rd episode is kept and each history cropped to its first 4,608 kept steps
 # (~84% of the 5,461 expected; the fewest any of 256 probe histories kept was 5,115).
+# episode_start_token: the cell alone does not say whether the key is held; the model
+# must know where the current episode began (random starts; time-outs leave no trace in
+# (o, a, r)), so it is told which steps start an episode, as RL² is. Without it (the
+# second attempt in the README) AD acted at the random level.
 _add(Setting(
     name="key-to-door", env="key-to-door", source="ppo", histories=2000,
     source_overrides=dict(ent_coef=0.0), subsample_every=3, subsample_steps=4608,
     distill=dict(context=100, window=200, d_model=64, num_layers=2, num_heads=4, mlp_dim=256,
-                 dropout=0.1, obs_encoder="xy", batch_size=64, num_steps=3000, lr=1e-3,
-                 warmup_steps=200),
+                 dropout=0.1, obs_encoder="xy", episode_start_token=True, batch_size=64,
+                 num_steps=3000, lr=1e-3, warmup_steps=200),
     eval_episodes=200, eval_tasks=256, eval_rollouts_per_task=1,
     report_episodes=(10, 50, 100, 200)))
 
 
 # Dark FourRooms (MiniGrid, the goal renders as floor): each task is one layout made by
-# minigrid (fixed start, fixed hidden goal), 100 steps per episode; a bank of 2,048
-# layouts (1,678 train, 370 held out; one history per training layout). Source: noise distillation (AD^eps) from the
-# shortest-path demonstrator (env.optimal_action), eps falling from 1 to 0 over the first
-# 1,000 steps of a 2,500-step history (random ~100-step episodes, then shorter and
-# shorter ones: ~10-20 episodes from random to optimal, then optimal ones). Why not PPO:
-# PPO from the 7x7x3 egocentric view needs on the order of 10^6 env steps per layout
-# to solve FourRooms (minigrid's own baselines), i.e. ~10^9 steps with network updates
-# for the 1,678 training layouts: days on 2 CPU cores; these histories take ~30 s.
-# The band c = 200 steps holds two whole 100-step episodes.
+# minigrid (fixed start, fixed hidden goal), 100 steps per episode; a bank of 4,096
+# layouts (3,340 train, one history each; 756 held out, all evaluated). Source: noise
+# distillation (AD^eps) from the shortest-path demonstrator (env.optimal_action), eps
+# falling from 1 to 0 over the first 1,000 steps of a 2,500-step history: ~100-step
+# random episodes, then shorter ones, optimal after ~5-15 episodes, then optimal ones.
+# Why not PPO: a learner must first find a hidden goal in a 19x19 maze; uniform random
+# actions find it within 4,000 steps (40 episodes) in only ~21% of layouts (measured),
+# so PPO histories from the 7x7x3 view would need 10^5-10^6 steps per layout (our
+# estimate; not run) with network updates, for 3,340 layouts: far beyond a 2-core CPU
+# budget, while these histories take about a minute. The band c = 200 steps holds two
+# whole 100-step episodes.
 _add(Setting(
-    name="fourrooms-dark", env="minigrid-fourrooms-dark", source="noise", histories=1678,
-    env_overrides=dict(num_layouts=2048),
+    name="fourrooms-dark", env="minigrid-fourrooms-dark", source="noise", histories=3340,
+    env_overrides=dict(num_layouts=4096),
     source_overrides=dict(num_steps=2500, anneal_fraction=0.4),
     distill=dict(context=200, window=400, d_model=64, num_layers=2, num_heads=4, mlp_dim=256,
                  dropout=0.1, batch_size=20, num_steps=1800, lr=1e-3, warmup_steps=100),
-    eval_episodes=50, eval_tasks=400, eval_rollouts_per_task=1,
+    eval_episodes=50, eval_tasks=756, eval_rollouts_per_task=1,
     report_episodes=(5, 10, 25, 45)))
 
 

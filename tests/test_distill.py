@@ -57,6 +57,10 @@ def test_windows_align_inputs_and_targets(darkroom_data):
             assert batch.inputs.prev_reward[b, 0] == h.reward[s - 1]
         np.testing.assert_array_equal(batch.inputs.prev_action[b, 1:], h.action[s:s + 7])
         np.testing.assert_array_equal(batch.inputs.prev_reward[b, 1:], h.reward[s:s + 7])
+        done = np.logical_or(h.terminated, h.truncated)
+        first = True if s == 0 else done[s - 1]
+        np.testing.assert_array_equal(batch.inputs.episode_start[b],
+                                      np.concatenate([[first], done[s:s + 7]]))
     # deterministic: the same step gives the same batch
     again = sampler.batch(0)
     np.testing.assert_array_equal(again.target_action, batch.target_action)
@@ -151,9 +155,11 @@ def test_sharded_training_matches_single_device(darkroom_data, tmp_path):
     np.testing.assert_allclose(losses[4], losses[1], rtol=0, atol=1e-5)
 
 
-def test_cached_rollout_matches_full_forward(darkroom_data, tmp_path):
+@pytest.mark.parametrize("starts", [False, True])
+def test_cached_rollout_matches_full_forward(darkroom_data, tmp_path, starts):
     """The actions sampled with the KV cache are those a full banded forward would sample."""
-    m = load_model(distill(DistillConfig(dataset=str(darkroom_data), out=str(tmp_path / "kv"), num_steps=3, **TINY)))
+    m = load_model(distill(DistillConfig(dataset=str(darkroom_data), out=str(tmp_path / "kv"), num_steps=3,
+                                         episode_start_token=starts, **TINY)))
     env = m.env
     tasks = ev.repeat_tasks(env.tasks("test"), 1)
     key = jax.random.PRNGKey(5)
@@ -171,7 +177,9 @@ def test_cached_rollout_matches_full_forward(darkroom_data, tmp_path):
     obs = jnp.stack(obs_list, 1)
     prev_a = jnp.concatenate([jnp.full((n, 1), 5), r.action[:, :-1]], 1)
     prev_r = jnp.concatenate([jnp.zeros((n, 1)), r.reward[:, :-1]], 1)
-    logits = ADTransformer(m.config).apply({"params": m.params}, StepInputs(obs, prev_a, prev_r), train=False)
+    first = jnp.concatenate([jnp.ones((n, 1), bool), r.done[:, :-1]], 1)  # 3 episodes
+    logits = ADTransformer(m.config).apply({"params": m.params}, StepInputs(obs, prev_a, prev_r, first),
+                                           train=False)
     act_keys = jax.vmap(lambda k: jax.random.split(k)[0])(step_keys)
     replay = jnp.stack([jax.random.categorical(act_keys[t], logits[:, t]) for t in range(S)], 1)
     np.testing.assert_array_equal(replay, r.action)

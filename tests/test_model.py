@@ -140,6 +140,43 @@ def test_step_inputs_from_history_by_hand():
     np.testing.assert_allclose(inp.prev_reward, [[7.0, 0.5, 0.0, 1.0]])
     with pytest.raises(ValueError, match="action_before"):
         step_inputs_from_history(obs, action, reward, num_actions=A, stream_start=False)
+    # Episode starts: done[t-1], the step before the window for its first step, and
+    # every stream start.
+    done = jnp.array([[False, True, False, True]])
+    inp = step_inputs_from_history(obs, action, reward, num_actions=A, done=done)
+    np.testing.assert_array_equal(inp.episode_start, [[True, False, True, False]])
+    inp = step_inputs_from_history(obs, action, reward, num_actions=A, done=done,
+                                   stream_start=jnp.array([False]), action_before=jnp.array([2]),
+                                   reward_before=jnp.array([7.0]), done_before=jnp.array([False]))
+    np.testing.assert_array_equal(inp.episode_start, [[False, False, True, False]])
+    assert step_inputs_from_history(obs, action, reward, num_actions=A).episode_start is None
+
+
+def with_episode_starts(inputs: StepInputs, seed: int) -> StepInputs:
+    """The same inputs with random episode boundaries (the first step starts one)."""
+    B, T = inputs.prev_action.shape
+    start = np.random.default_rng(seed).random((B, T)) < 0.15
+    start[:, 0] = True
+    return inputs._replace(episode_start=start)
+
+
+def test_episode_start_token_is_read_only_when_configured():
+    """With episode_start_token the boundaries change the logits from that step on (never
+    before: causal); without it they are ignored; a model that needs them says so."""
+    inp = with_episode_starts(inputs_np(4, 2, 12), 0)
+    moved = np.array(inp.episode_start)
+    moved[:, 7] = ~moved[:, 7]
+    on = tiny(episode_start_token=True)
+    f = forward(on, params_for(on))
+    a, b = np.asarray(f(inp)), np.asarray(f(inp._replace(episode_start=moved)))
+    np.testing.assert_array_equal(a[:, :7], b[:, :7])
+    assert np.abs(a[:, 7] - b[:, 7]).max() > 1e-4
+    off = tiny()
+    g = forward(off, params_for(off))
+    np.testing.assert_array_equal(np.asarray(g(inp)),
+                                  np.asarray(g(inp._replace(episode_start=moved))))
+    with pytest.raises(ValueError, match="episode_start"):
+        f(inp._replace(episode_start=None))
 
 
 # ---- causality, receptive field, alignment -----------------------------------------------------
@@ -323,13 +360,16 @@ def _decode_all(params, cfg, inputs: StepInputs):
     return jnp.swapaxes(logits, 0, 1), cache
 
 
-@pytest.mark.parametrize("layout,pos", VARIANTS)
-def test_kv_cache_decode_equals_full_banded_forward(layout, pos):
+@pytest.mark.parametrize("layout,pos,starts", [(*v, False) for v in VARIANTS]
+                         + [("step", "rope", True)])
+def test_kv_cache_decode_equals_full_banded_forward(layout, pos, starts):
     cfg = tiny(token_layout=layout, positions=pos, context=4, num_layers=3, d_model=32,
-               num_heads=4, mlp_dim=64)
+               num_heads=4, mlp_dim=64, episode_start_token=starts)
     params = params_for(cfg)
     T = 40  # 10x the band
     inp = inputs_np(8, 3, T)
+    if starts:
+        inp = with_episode_starts(inp, 8)
     full = forward(cfg, params)(inp)
     dec, cache = jax.jit(lambda p, i: _decode_all(p, cfg, i))(params, inp)
     assert int(cache.step) == T and int(cache.write_index) == T % cfg.context
