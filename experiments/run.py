@@ -51,8 +51,11 @@ def _pseudo_regret(env, tasks, actions: np.ndarray) -> np.ndarray:
 
 
 def evaluate_setting(setting: Setting, ad_models: list, ed_models: list, seed: int = 1234,
-                     splits=("test", "train")) -> dict:
+                     splits=("test", "train"), quiet: bool = True) -> dict:
     """All curves for one setting: ``{split: {label: (rows, E) array}}`` plus optimum."""
+    def stage(text):  # each stage is one long jitted call: say what is running
+        if not quiet:
+            print(f"[{time.strftime('%H:%M:%S')}] evaluate: {text}", flush=True)
     env = envs.make(setting.env, **setting.env_overrides)
     E = setting.eval_episodes
     num_steps = E * env.max_episode_steps
@@ -65,10 +68,12 @@ def evaluate_setting(setting: Setting, ad_models: list, ed_models: list, seed: i
         if env.finite_tasks:
             tasks = ev.repeat_tasks(tasks, setting.eval_rollouts_per_task)
         n = jax.tree.leaves(tasks)[0].shape[0]
+        where = f"{'held-out' if split == 'test' else 'training'} tasks, {n} rollouts x {E} episodes"
         curves, regrets = {}, {}
         for label, models in (("AD", ad_models), ("ED", ed_models)):
             rows, reg = [], []
             for i, m in enumerate(models):
+                stage(f"{label} model {i + 1}/{len(models)} on {where}")
                 r = ev.ad_rollout(m.params, m.config, env, tasks,
                                   jax.random.fold_in(key, 100 + i), num_steps)
                 rows.append(ev.episode_curve(r, E))
@@ -78,6 +83,7 @@ def evaluate_setting(setting: Setting, ad_models: list, ed_models: list, seed: i
                 curves[label] = np.concatenate(rows)
                 if reg:
                     regrets[label] = np.concatenate(reg)
+        stage(f"source ({setting.source}) and random policy on {where}")
         train = jax.jit(jax.vmap(source.make_train(env, source_config)))
         history = train(jax.random.split(jax.random.fold_in(key, 7), n), tasks)
         available = int(np.asarray(jnp.logical_or(history.terminated, history.truncated)).sum(-1).min())
@@ -220,7 +226,7 @@ def run(setting: Setting, seeds=(0,), with_ed: bool = False, data_root="data", r
             timings[f"distill_ed_seed{seed}_s"] = time.time() - t
             ed_models.append(load_model(run_dir))
     t = time.time()
-    results = evaluate_setting(setting, ad_models, ed_models)
+    results = evaluate_setting(setting, ad_models, ed_models, quiet=quiet)
     timings["evaluate_s"] = time.time() - t
     timings["total_s"] = time.time() - t0
     summary = summarise(setting, results)

@@ -14,7 +14,16 @@ those of a random policy to the optimum, as a learner's would:
   episode's first step, so each episode is one policy's rollout (its return is then a
   clean sample of that policy's value); by default ε changes every step;
 - with probability ε the action is uniform over ``env.num_actions`` (it may coincide with
-  the demonstrator's), otherwise it is the demonstrator's action.
+  the demonstrator's), otherwise it is the demonstrator's action;
+- ``noise="explore"``: the noise action comes from ``env.explore_action(key, obs,
+  explore_turn_prob)`` instead (MiniGrid: a persistent random walk from the view alone);
+- ``clock="first_reward"``: the schedule's clock starts at the step after the first
+  rewarded step of the history and ε stays at ``epsilon_start`` until then. The
+  demonstrator knows the task (the goal); with the default clock its pull shows up in the
+  noisy episodes before the agent has ever been rewarded, so the histories improve for
+  reasons no context reveals. With this clock, behaviour before the first reward is pure
+  exploration and improvement follows what the history itself has shown: information a
+  model can find in its context.
 
 Works on any env that defines ``optimal_action`` (Dark Room, Dark Room Hard,
 Key-to-Door, the bandits). A ``demonstrator`` callable ``(key, obs, state, params) ->
@@ -46,6 +55,10 @@ class Config:
     epsilon_start: float = 1.0  # ε at step 0 (1 = uniformly random actions)
     epsilon_end: float = 0.0  # ε after the anneal (0 = the demonstrator alone)
     per_episode: bool = False  # True: ε is frozen within an episode at its value at the start
+    noise: str = "uniform"  # "uniform" actions, or "explore": env.explore_action
+    explore_turn_prob: float = 0.15  # noise="explore": P(turn) when the way ahead is free
+    clock: str = "step"  # "step": ε follows the history's step; "first_reward": the steps
+    #   since the first rewarded step (ε = epsilon_start before it)
 
     def __post_init__(self):
         n = self.num_steps
@@ -58,6 +71,15 @@ class Config:
                 raise ValueError(f"noise Config.{field} must be a number in [0, 1], got {value!r}")
         if not isinstance(self.per_episode, bool):
             raise ValueError(f"noise Config.per_episode must be a bool, got {self.per_episode!r}")
+        if self.noise not in ("uniform", "explore"):
+            raise ValueError(f"noise Config.noise must be 'uniform' or 'explore', got "
+                             f"{self.noise!r}")
+        if self.clock not in ("step", "first_reward"):
+            raise ValueError(f"noise Config.clock must be 'step' or 'first_reward', got "
+                             f"{self.clock!r}")
+        if not 0.0 <= self.explore_turn_prob <= 1.0:
+            raise ValueError(f"noise Config.explore_turn_prob must be in [0, 1], got "
+                             f"{self.explore_turn_prob!r}")
 
 
 def epsilon_at(config: Config, t: jax.Array) -> jax.Array:
@@ -90,19 +112,36 @@ def make_train(env: Environment, config: Config, demonstrator: Demonstrator | No
 
     elif not callable(demonstrator):
         raise ValueError(f"demonstrator must be callable, got {type(demonstrator).__name__}")
+    if config.noise == "explore" and not hasattr(env, "explore_action"):
+        raise ValueError(f"noise Config.noise='explore': {env.name} has no explore_action")
     num_actions = env.num_actions
+    first_reward_clock = config.clock == "first_reward"
+
+    def noise_action(key, obs):
+        if config.noise == "explore":
+            return jnp.asarray(env.explore_action(key, obs, config.explore_turn_prob), jnp.int32)
+        return jax.random.randint(key, (), 0, num_actions, jnp.int32)
+
+    def epsilon(t, rewarded_at):
+        """ε at step ``t`` (a history step) given the first rewarded step (-1: none yet)."""
+        if not first_reward_clock:
+            return epsilon_at(config, t)
+        since = t - rewarded_at - 1  # 0 on the step after the first rewarded one
+        started = (rewarded_at >= 0) & (since >= 0)
+        return jnp.where(started, epsilon_at(config, jnp.maximum(since, 0)),
+                         jnp.float32(config.epsilon_start))
 
     def train(key: jax.Array, params) -> LearningHistory:
         key_reset, key_steps = jax.random.split(key)
         obs, state = env.reset(key_reset, params)
 
         def step(carry, xs):
-            obs, state, episode_start = carry
+            obs, state, episode_start, rewarded_at = carry
             t, step_key = xs
             key_demo, key_explore, key_random, key_env = jax.random.split(step_key, 4)
-            eps = epsilon_at(config, episode_start if config.per_episode else t)
+            eps = epsilon(episode_start if config.per_episode else t, rewarded_at)
             expert = jnp.asarray(demonstrator(key_demo, obs, state, params), jnp.int32)
-            noise = jax.random.randint(key_random, (), 0, num_actions, jnp.int32)
+            noise = noise_action(key_random, obs)
             action = jnp.where(jax.random.uniform(key_explore) < eps, noise, expert)
             next_obs, state, reward, terminated, truncated, _ = env.step(
                 key_env, state, action, params
@@ -110,12 +149,13 @@ def make_train(env: Environment, config: Config, demonstrator: Demonstrator | No
             done = jnp.logical_or(terminated, truncated)
             episode_start = jnp.where(done, t + 1, episode_start)
             reward = jnp.asarray(reward, jnp.float32)
+            rewarded_at = jnp.where((rewarded_at < 0) & (reward > 0), t, rewarded_at)
             record = LearningHistory(obs, action, reward, terminated, truncated)
-            return (next_obs, state, episode_start), record
+            return (next_obs, state, episode_start, rewarded_at), record
 
         steps = jnp.arange(config.num_steps, dtype=jnp.int32)
         xs = (steps, jax.random.split(key_steps, config.num_steps))
-        _, history = jax.lax.scan(step, (obs, state, jnp.int32(0)), xs)
+        _, history = jax.lax.scan(step, (obs, state, jnp.int32(0), jnp.int32(-1)), xs)
         return history
 
     return train

@@ -330,6 +330,36 @@ def test_dark_fourrooms_hides_goal_only():
         np.testing.assert_array_equal(o["image"], img_d[i])
 
 
+def test_explore_action_walks_forward_exactly_when_the_way_is_free():
+    """The explorer reads the cell ahead from the view: with turn_prob 0 it goes forward
+    exactly when forward moves the agent (FourRooms: only walls block), else it turns."""
+    env = MINIGRID_ENVS["minigrid-fourrooms-dark"]()
+    tasks = env.tasks("train")
+    n = tasks.seed.shape[0]
+    keys = jax.random.split(jax.random.key(0), n)
+    obs, state = jax.jit(jax.vmap(env.reset))(keys, tasks)
+    explore = jax.jit(jax.vmap(lambda k, o: env.explore_action(k, o, 0.0)))
+    step = jax.jit(jax.vmap(env.step))
+    forward = jnp.full(n, C.FORWARD, jnp.int32)
+    checked = collections.Counter()
+    for t in range(60):  # a walk with random turns visits walls and open floor alike
+        k_explore, k_turn = jax.random.split(jax.random.fold_in(jax.random.key(1), t))
+        action = np.asarray(explore(jax.random.split(k_explore, n), obs))
+        _, moved, _, reached, *_ = step(keys, state, forward, tasks)
+        # (reaching the goal auto-resets the agent, possibly to the cell it left)
+        free = np.any(np.asarray(moved.episode.agent_pos) != np.asarray(state.episode.agent_pos),
+                      -1) | np.asarray(reached)
+        np.testing.assert_array_equal(action == C.FORWARD, free, err_msg=f"step {t}")
+        assert set(np.unique(action[~free])) <= {C.LEFT, C.RIGHT}
+        checked.update(free.tolist())
+        turns = jax.random.randint(k_turn, (n,), 0, 3)  # left, right or forward
+        obs, state, *_ = step(keys, state, turns, tasks)
+    assert checked[True] > 100 and checked[False] > 100
+    # with turn_prob 1 it always turns
+    always = jax.vmap(lambda k, o: env.explore_action(k, o, 1.0))(keys, obs)
+    assert set(np.unique(np.asarray(always))) <= {C.LEFT, C.RIGHT}
+
+
 def test_bad_fields_raise():
     cls = MINIGRID_ENVS["minigrid-fourrooms"]
     with pytest.raises(ValueError, match="max_steps"):

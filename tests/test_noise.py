@@ -159,6 +159,38 @@ def test_per_episode_schedule_and_demonstrator_hook():
     np.testing.assert_allclose(noop_freq(False), [0.39, 0.79], atol=0.03)
 
 
+def test_first_reward_clock_explores_until_rewarded():
+    """clock="first_reward": uniform noise up to the first rewarded step, then (a one-step
+    anneal) the demonstrator alone from two steps after it."""
+    env = envs.make("darkroom")
+    params = env.tasks("train").replace(goal=jnp.repeat(env.tasks("train").goal, 4, axis=0))
+    always_noop = lambda key, obs, state, params: jnp.int32(0)  # noqa: E731
+    steps = 3 * HORIZON
+    config = noise.Config(num_steps=steps, anneal_fraction=1 / steps, clock="first_reward")
+    history = run(env, config, params, seed=3, demonstrator=always_noop)
+    action, reward = np.asarray(history.action), np.asarray(history.reward)
+    before, rewarded = [], 0
+    for a, r in zip(action, reward):
+        hits = np.flatnonzero(r > 0)
+        first = hits[0] if hits.size else steps
+        before.append(a[:first + 1])  # ε = 1 through the first rewarded step
+        if hits.size:
+            rewarded += 1
+            assert np.all(a[first + 2:] == 0)  # ε = 0 from the second step after it
+    assert 0.3 * len(action) < rewarded < len(action)  # both kinds of history occur
+    before = np.concatenate(before)
+    np.testing.assert_allclose((before == 0).mean(), 0.2, atol=0.03)
+
+
+def test_explore_noise_needs_an_explorer():
+    with pytest.raises(ValueError, match="explore_action"):
+        noise.make_train(envs.make("darkroom"), noise.Config(noise="explore"))
+    with pytest.raises(ValueError, match="clock"):
+        noise.Config(clock="episode")
+    with pytest.raises(ValueError, match="noise"):
+        noise.Config(noise="gaussian")
+
+
 def test_registry_and_bad_input():
     assert source_agents.get("noise") is noise
     with pytest.raises(ValueError, match="num_steps"):
