@@ -3,7 +3,11 @@
 (a) Training: one full jitted train step (forward + backward + AdamW, fp32) on a batch of
     windows; env-steps/s = batch * window / seconds (= tokens/s for the "step" layout).
     The FLOPs of the compiled step (XLA cost analysis) over its time, against a 2048^3
-    fp32 matmul timed in the same run, gives the % of matmul peak.
+    fp32 matmul timed in the same run, gives the % of matmul peak. It is the step
+    ``ad.train.distill`` runs: data parallel over all devices. On a CPU the rows are
+    measured with the host split into 1 and 2 devices (``--cpu-devices``; one child
+    process each, back to back): a model this small leaves cores idle inside one
+    device's step, while n devices each run their shard of the batch on their own thread.
 (b) Evaluation: env-steps/s of ``decode_step`` (rolling KV cache) vs ``recompute_step``
     (full forward over the last c steps at every step), both as a jitted lax.scan over
     steps of a batch of streams, with a fresh random step input per step.

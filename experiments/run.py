@@ -283,8 +283,16 @@ def main(argv=None) -> int:
     p.add_argument("--distill-override", action="append", metavar="KEY=VALUE",
                    help="override a DistillConfig field, e.g. num_steps=500 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    p.add_argument("--cpu-devices", type=int, default=1, metavar="N",
+                   help="on a CPU, split the host into N JAX devices so distillation runs data "
+                        "parallel over them (batch sizes must divide by N; see "
+                        "benchmarks/ad_throughput.py for the speed-up). Default 1")
     args = p.parse_args(argv)
+    if args.cpu_devices < 1:
+        p.error(f"--cpu-devices must be >= 1, got {args.cpu_devices}")
     reexec_with_hugepage_malloc()  # ~30% faster training steps on CPU (ad.utils)
+    if args.cpu_devices > 1:  # before anything starts the backend
+        jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     run(get_setting(args.setting), seeds=tuple(args.seeds), with_ed=args.ed, data_root=args.data,
         runs_root=args.runs, out_root=args.out, distill_overrides=_parse_kv(args.distill_override),
         quiet=args.quiet)
