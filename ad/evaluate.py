@@ -105,22 +105,40 @@ def ad_rollout(params: PyTree, config: ModelConfig, env, tasks: PyTree, key: jax
     return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), out)
 
 
-@partial(jax.jit, static_argnames=("env", "num_steps"))
+@partial(jax.jit, static_argnames=("env", "num_steps", "policy"))
+def policy_rollout(env, tasks: PyTree, key: jax.Array, num_steps: int, policy) -> Rollout:
+    """A memoryless policy on ``N`` tasks: ``policy(key, obs) -> (N,) actions`` sees the
+    batched observations (leaves (N, ...)); one jitted scan, like ``ad_rollout``."""
+    n = jax.tree.leaves(tasks)[0].shape[0]
+    reset_key, key = jax.random.split(key)
+    obs, state = jax.vmap(env.reset)(jax.random.split(reset_key, n), tasks)
+
+    def body(carry, step_key):
+        obs, state = carry
+        act_key, env_key = jax.random.split(step_key)
+        action = jnp.asarray(policy(act_key, obs), jnp.int32)
+        obs, state, reward, terminated, truncated, _ = jax.vmap(env.step)(
+            jax.random.split(env_key, n), state, action, tasks)
+        return (obs, state), Rollout(action, reward, jnp.logical_or(terminated, truncated))
+
+    _, out = jax.lax.scan(body, (obs, state), jax.random.split(key, num_steps))
+    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), out)
+
+
+@dataclasses.dataclass(frozen=True)
+class UniformPolicy:
+    """Uniform actions for a batch of ``n`` streams (hashable: a static jit argument)."""
+    n: int
+    num_actions: int
+
+    def __call__(self, key, obs):
+        return jax.random.randint(key, (self.n,), 0, self.num_actions)
+
+
 def random_rollout(env, tasks: PyTree, key: jax.Array, num_steps: int) -> Rollout:
     """A uniformly random policy on the same tasks (the floor of every curve)."""
     n = jax.tree.leaves(tasks)[0].shape[0]
-    reset_key, key = jax.random.split(key)
-    _, state = jax.vmap(env.reset)(jax.random.split(reset_key, n), tasks)
-
-    def body(state, step_key):
-        act_key, env_key = jax.random.split(step_key)
-        action = jax.random.randint(act_key, (n,), 0, env.num_actions)
-        _, state, reward, terminated, truncated, _ = jax.vmap(env.step)(
-            jax.random.split(env_key, n), state, action, tasks)
-        return state, Rollout(action, reward, jnp.logical_or(terminated, truncated))
-
-    _, out = jax.lax.scan(body, state, jax.random.split(key, num_steps))
-    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), out)
+    return policy_rollout(env, tasks, key, num_steps, UniformPolicy(n, env.num_actions))
 
 
 def episode_curve(rollout_or_history, num_episodes: int) -> np.ndarray:

@@ -165,12 +165,11 @@ class WindowSampler:
             return np.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
 
         obs = jax.tree.map(take, rows.obs)
-        action, reward = take(rows.action), take(rows.reward)
-        done = take(np.logical_or(rows.terminated, rows.truncated))
+        rows_done = np.logical_or(rows.terminated, rows.truncated)
+        action, reward, done = take(rows.action), take(rows.reward), take(rows_done)
         prev_action = np.concatenate([rows.action[:, :1], action[:, :-1]], axis=1)
         prev_reward = np.concatenate([rows.reward[:, :1], reward[:, :-1]], axis=1)
-        done_all = np.logical_or(rows.terminated[:, :1], rows.truncated[:, :1])
-        episode_start = np.concatenate([done_all, done[:, :-1]], axis=1)
+        episode_start = np.concatenate([rows_done[:, :1], done[:, :-1]], axis=1)
         at_stream_start = start == 0
         prev_action[at_stream_start, 0] = self.num_actions  # the "none" action token
         prev_reward[at_stream_start, 0] = 0.0

@@ -92,3 +92,18 @@ def test_tiny_prompting_check_writes_results(tmp_path):
                                      "ED (no prompt)", "source (continues)"}
     assert all(len(c["mean"]) == 12 for c in record["curves"].values())
     assert (tmp_path / "o" / "tiny-dark" / "prompting.png").stat().st_size > 1000
+
+
+def test_exploration_found_within_by_hand_and_cli(tmp_path):
+    from experiments import exploration
+
+    curve = np.array([[0.0, 0.5, 0.0], [0.0, 0.0, 0.0], [0.9, 0.0, 0.7]])
+    assert exploration.found_within(curve, [1, 2, 3]) == {1: 1 / 3, 2: 2 / 3, 3: 2 / 3}
+    out = tmp_path / "exploration.json"
+    exploration.main(["--num-layouts", "128", "--layouts", "6", "--episodes", "3",
+                      "--turn-probs", "0.2", "--out", str(out)])
+    rows = json.loads(out.read_text())["found_within"]
+    assert set(rows) == {"uniform, 7 actions", "uniform, 3 moves", "explore, turn_prob 0.2"}
+    for fractions in rows.values():
+        values = [fractions[k] for k in ("1", "3")]
+        assert 0.0 <= values[0] <= values[1] <= 1.0
