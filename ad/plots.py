@@ -45,6 +45,11 @@ def plot_curves(panels: dict[str, dict[str, dict]], path: str | Path, title: str
         ax.legend(fontsize=8, loc="best")
     fig.suptitle(title)
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` as PNG atomically (a reader never sees half a file), close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}")

@@ -107,3 +107,52 @@ def test_exploration_found_within_by_hand_and_cli(tmp_path):
     for fractions in rows.values():
         values = [fractions[k] for k in ("1", "3")]
         assert 0.0 <= values[0] <= values[1] <= 1.0
+
+
+def test_imitation_matches_training_inputs_and_returns_by_hand(tmp_path):
+    """Teacher-forced NLL from whole streams = the training sampler's windows from step 0;
+    per-bin source returns = the dataset's episode returns, by hand."""
+    import jax
+
+    from ad.dataset import load_dataset, returns_table
+    from ad.train import WindowSampler, load_model
+    from experiments import imitation
+
+    setting = Setting(
+        name="tiny-dark", env="darkroom", source="noise", histories=16,
+        env_overrides=dict(horizon=10), source_overrides=dict(num_steps=60, anneal_fraction=0.5),
+        distill=dict(context=20, window=40, d_model=16, num_layers=1, num_heads=2, mlp_dim=32,
+                     dropout=0.0, episode_start_token=True, batch_size=8, num_steps=5,
+                     log_every=5, warmup_steps=1),
+        eval_episodes=2, eval_rollouts_per_task=1, report_episodes=(1,))
+    run_mod.run(setting, seeds=(0,), data_root=tmp_path / "d", runs_root=tmp_path / "r",
+                out_root=tmp_path / "o", quiet=True)
+    run_dir = tmp_path / "r" / "tiny-dark" / "ad-seed0"
+    model, ds = load_model(run_dir), load_dataset(tmp_path / "d" / "tiny-dark")
+    T = ds.num_steps
+
+    sampler = WindowSampler(ds, T, 4, seed=0, num_actions=model.config.num_actions)
+    sampler.indices = lambda step: (np.arange(4), np.zeros(4, np.int64))
+    batch = sampler.batch(0)
+    logp = jax.nn.log_softmax(model.apply(batch.inputs), -1)
+    want = -np.take_along_axis(np.asarray(logp), batch.target_action[..., None], -1)[..., 0]
+    rows = ds.read_windows(np.arange(4), np.zeros(4, np.int64), T)
+    got = imitation.per_step_imitation(model, rows.obs, rows.action, rows.reward,
+                                       rows.terminated | rows.truncated)
+    np.testing.assert_allclose(got["nll"], want, rtol=1e-5, atol=1e-5)
+
+    out = tmp_path / "imitation.json"
+    assert imitation.main([str(run_dir), "--histories", "6", "--bins", "2", "--out", str(out),
+                           "--batch-size", "4", "--quiet"]) == 0
+    table = json.loads(out.read_text())
+    assert out.with_suffix(".png").stat().st_size > 1000
+    # 10-step episodes, 60 steps: bin 0 holds the episodes ending at steps 9, 19, 29
+    rows = ds.read_windows(np.arange(6), np.zeros(6, np.int64), T)
+    returns, _ = returns_table(rows.reward, rows.terminated | rows.truncated)
+    for i, b in enumerate(table["bins"]):
+        assert b["steps"] == [30 * i, 30 * (i + 1)] and b["episodes"] == 18
+        np.testing.assert_allclose(b["source_return"], returns[:, 3 * i:3 * i + 3].mean(), rtol=1e-6)
+        assert 0.0 <= b["accuracy"] <= 1.0 and b["nll"] > 0
+    whole = imitation.per_step_imitation(model, rows.obs, rows.action, rows.reward,
+                                         rows.terminated | rows.truncated)
+    np.testing.assert_allclose(table["bins"][0]["nll"], whole["nll"][:, :30].mean(), rtol=1e-5)
