@@ -258,10 +258,10 @@ def main(argv=None):
         for n in args.cpu_devices:
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp) / "train.json"
-                cmd = [sys.executable, __file__, "--child-devices", str(n), "--out", str(out),
-                       "--batch", str(args.batch), "--window", str(args.window),
-                       "--context", str(args.context), "--layers", str(args.layers),
-                       "--iters", str(args.iters), "--repeats", str(args.repeats)]
+                # the child parses this run's own flags (so a new flag needs no forwarding);
+                # the later --child-devices/--out win over any earlier ones
+                cmd = [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv),
+                       "--child-devices", str(n), "--out", str(out)]
                 subprocess.run(cmd, check=True)
                 groups[n] = json.loads(out.read_text())
     else:
