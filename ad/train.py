@@ -255,6 +255,7 @@ class LoadedModel(NamedTuple):
     env_name: str
     env_overrides: dict
     run_dir: Path
+    dataset: str = ""  # the dataset it was distilled from (as recorded at save time)
 
     @property
     def env(self):
@@ -289,7 +290,8 @@ def load_model(run_dir: str | os.PathLike) -> LoadedModel:
     template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
     params = serialization.from_bytes(template, (model_dir / "params.msgpack").read_bytes())
     return LoadedModel(config, params, meta["env"], meta["env_overrides"],
-                       model_dir.parent if model_dir.name == MODEL_DIR else model_dir)
+                       model_dir.parent if model_dir.name == MODEL_DIR else model_dir,
+                       meta.get("dataset", ""))
 
 
 # ----------------------------------------------------------------------------------------

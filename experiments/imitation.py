@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ad.dataset import load_dataset
+from ad.dataset import load_dataset, returns_table
 from ad.model import step_inputs_from_history
 from ad.train import LoadedModel, load_model
 from ad.utils import atomic_write_text, provenance
@@ -64,6 +64,9 @@ def imitation_table(model: LoadedModel, dataset, histories: int, bins: int,
     """Per-stretch imitation figures over the first ``histories`` histories of ``dataset``."""
     n_hist = min(histories, dataset.num_histories)
     T = dataset.num_steps
+    if not 1 <= bins <= T:
+        raise ValueError(f"bins must be in [1, {T}] (the steps of each history in "
+                         f"{dataset.path}), got {bins}")
     edges = np.linspace(0, T, bins + 1).round().astype(int)
     sums = {k: np.zeros(bins) for k in ("nll", "correct", "entropy")}
     ret_sum, ret_count = np.zeros(bins), np.zeros(bins)
@@ -78,20 +81,14 @@ def imitation_table(model: LoadedModel, dataset, histories: int, bins: int,
         done = np.logical_or(rows.terminated, rows.truncated)
         per_step = per_step_imitation(model, rows.obs, rows.action, rows.reward, done, forward)
         real = np.arange(lo, lo + batch_size) < n_hist
-        # the return of the episode that ends at each done step
-        reward = np.asarray(rows.reward, np.float64)
-        csum = np.cumsum(reward, axis=1)
+        for k in sums:
+            sums[k] += np.add.reduceat(per_step[k][real].sum(axis=0), edges[:-1])
+        # each completed episode's return, binned by the stretch its last step falls in
+        returns, counts = returns_table(rows.reward, done)
         for b in np.flatnonzero(real):
-            ends = np.flatnonzero(done[b])
-            before = np.concatenate([[0.0], csum[b, ends[:-1]]])
-            returns = csum[b, ends] - before
-            which = np.searchsorted(edges, ends, side="right") - 1
-            np.add.at(ret_sum, which, returns)
+            which = np.searchsorted(edges, np.flatnonzero(done[b]), side="right") - 1
+            np.add.at(ret_sum, which, returns[b, :counts[b]])
             np.add.at(ret_count, which, 1)
-        for i in range(bins):
-            span = slice(edges[i], edges[i + 1])
-            for k in sums:
-                sums[k][i] += per_step[k][real, span].sum()
     steps = np.diff(edges) * n_hist
     rows_out = []
     for i in range(bins):
@@ -145,17 +142,22 @@ def main(argv=None) -> int:
                    "default: <run>/imitation.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    for name in ("histories", "bins", "batch_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     model = load_model(args.run)
-    data = args.data
+    data = args.data or model.dataset
     if not data:
-        meta = json.loads((model.run_dir / "model" / "config.json").read_text())
-        data = meta["dataset"]
+        p.error(f"{args.run}: the model does not record its dataset; pass --data")
     dataset = load_dataset(data)
     if dataset.spec.env != model.env_name:
         p.error(f"--data {data}: histories of env {dataset.spec.env!r}, but the model was "
                 f"trained on {model.env_name!r}")
-    table = imitation_table(model, dataset, args.histories, args.bins, args.batch_size,
-                            progress=not args.quiet)
+    try:
+        table = imitation_table(model, dataset, args.histories, args.bins, args.batch_size,
+                                progress=not args.quiet)
+    except ValueError as e:
+        p.error(str(e))
     split = dataset.spec.split
     print(f"{model.run_dir}: {table['histories']} {split}-split histories of {data} "
           f"({table['steps_per_history']} steps each), uniform NLL {table['uniform_nll']:.3f}")

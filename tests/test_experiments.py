@@ -142,6 +142,10 @@ def test_imitation_matches_training_inputs_and_returns_by_hand(tmp_path):
     np.testing.assert_allclose(got["nll"], want, rtol=1e-5, atol=1e-5)
 
     out = tmp_path / "imitation.json"
+    for bad in (["--bins", "0"], ["--bins", str(T + 1)], ["--histories", "0"]):
+        with pytest.raises(SystemExit):
+            imitation.main([str(run_dir), "--quiet", "--out", str(out), *bad])
+    assert not out.exists()
     assert imitation.main([str(run_dir), "--histories", "6", "--bins", "2", "--out", str(out),
                            "--batch-size", "4", "--quiet"]) == 0
     table = json.loads(out.read_text())
