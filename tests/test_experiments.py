@@ -109,15 +109,10 @@ def test_exploration_found_within_by_hand_and_cli(tmp_path):
         assert 0.0 <= values[0] <= values[1] <= 1.0
 
 
-def test_imitation_matches_training_inputs_and_returns_by_hand(tmp_path):
-    """Teacher-forced NLL from whole streams = the training sampler's windows from step 0;
-    per-bin source returns = the dataset's episode returns, by hand."""
-    import jax
-
-    from ad.dataset import load_dataset, returns_table
-    from ad.train import WindowSampler, load_model
-    from experiments import imitation
-
+@pytest.fixture(scope="module")
+def tiny_dark_run(tmp_path_factory):
+    """A tiny noise-distilled Dark Room run (10-step episodes, 60-step histories)."""
+    tmp_path = tmp_path_factory.mktemp("tiny-dark")
     setting = Setting(
         name="tiny-dark", env="darkroom", source="noise", histories=16,
         env_overrides=dict(horizon=10), source_overrides=dict(num_steps=60, anneal_fraction=0.5),
@@ -127,8 +122,20 @@ def test_imitation_matches_training_inputs_and_returns_by_hand(tmp_path):
         eval_episodes=2, eval_rollouts_per_task=1, report_episodes=(1,))
     run_mod.run(setting, seeds=(0,), data_root=tmp_path / "d", runs_root=tmp_path / "r",
                 out_root=tmp_path / "o", quiet=True)
-    run_dir = tmp_path / "r" / "tiny-dark" / "ad-seed0"
-    model, ds = load_model(run_dir), load_dataset(tmp_path / "d" / "tiny-dark")
+    return tmp_path
+
+
+def test_imitation_matches_training_inputs_and_returns_by_hand(tiny_dark_run, tmp_path):
+    """Teacher-forced NLL from whole streams = the training sampler's windows from step 0;
+    per-bin source returns = the dataset's episode returns, by hand."""
+    import jax
+
+    from ad.dataset import load_dataset, returns_table
+    from ad.train import WindowSampler, load_model
+    from experiments import imitation
+
+    run_dir = tiny_dark_run / "r" / "tiny-dark" / "ad-seed0"
+    model, ds = load_model(run_dir), load_dataset(tiny_dark_run / "d" / "tiny-dark")
     T = ds.num_steps
 
     sampler = WindowSampler(ds, T, 4, seed=0, num_actions=model.config.num_actions)
@@ -160,3 +167,56 @@ def test_imitation_matches_training_inputs_and_returns_by_hand(tmp_path):
     whole = imitation.per_step_imitation(model, rows.obs, rows.action, rows.reward,
                                          rows.terminated | rows.truncated)
     np.testing.assert_allclose(table["bins"][0]["nll"], whole["nll"][:, :30].mean(), rtol=1e-5)
+
+
+def test_retention_table_by_hand():
+    """Streaks and P(success | streak) on hand-made sequences; padding ends a streak."""
+    from experiments.retention import retention_table, streaks
+
+    s = np.array([[0, 1, 1, 0, 1, 1, 1],
+                  [1, 1, 0, 0, 1, 0, 1]], bool)
+    np.testing.assert_array_equal(streaks(s), [[0, 0, 1, 2, 0, 1, 2],
+                                               [0, 1, 2, 0, 0, 1, 0]])
+    rows = retention_table(s, max_streak=2)
+    # streak 0: (0,0) (0,1) (0,4) (1,0) (1,3) (1,4) (1,6) -> 0, 1, 1, 1, 0, 1, 1 -> 5/7
+    # streak 1: (0,2) (0,5) (1,1) (1,5) -> 1, 1, 1, 0 -> 3/4; 2+: (0,3) (0,6) (1,2) -> 0, 1, 0
+    assert [r["episodes"] for r in rows] == [7, 4, 3]
+    np.testing.assert_allclose([r["p_success"] for r in rows], [5 / 7, 3 / 4, 1 / 3])
+    assert [r["at_least"] for r in rows] == [False, False, True]
+    # a history with 3 real episodes: the padded ones count nowhere
+    valid = np.array([[1, 1, 1, 0, 0, 0, 0]], bool)
+    rows = retention_table(np.ones((1, 7), bool), valid, max_streak=5)
+    assert [r["episodes"] for r in rows] == [1, 1, 1, 0, 0, 0]
+    assert rows[3]["p_success"] is None
+
+
+def test_retention_cli_counts_every_episode(tiny_dark_run, tmp_path):
+    """The CLI's three tables count every episode of its rollouts and stored histories once,
+    and the stored histories' table is the hand-made one of their returns."""
+    import jax
+
+    from ad.dataset import load_dataset, returns_table
+    from experiments import retention
+
+    run_dir = tiny_dark_run / "r" / "tiny-dark" / "ad-seed0"
+    out = tmp_path / "ret.json"
+    for bad in (["--frac", "0"], ["--tasks", "0"], ["--max-streak", "0"]):
+        with pytest.raises(SystemExit):
+            retention.main([str(run_dir), "--out", str(out), *bad])
+    assert not out.exists()
+    assert retention.main([str(run_dir), "--tasks", "4", "--episodes", "3", "--histories", "5",
+                           "--max-streak", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert out.with_suffix(".png").stat().st_size > 1000
+    ad, stored, scratch = result["curves"].values()
+    assert sum(r["episodes"] for r in ad["table"]) == ad["rows"] * 3
+    ds = load_dataset(tiny_dark_run / "d" / "tiny-dark")
+    rows = ds.read_windows(np.arange(5), np.zeros(5, np.int64), ds.num_steps)
+    returns, counts = returns_table(rows.reward, rows.terminated | rows.truncated)
+    assert sum(r["episodes"] for r in stored["table"]) == counts.sum() == 5 * 6
+    opt = np.asarray(jax.vmap(ds.env.optimal_return)(ds.task_params(np.arange(5))))
+    want = retention.retention_table(returns >= 0.9 * opt[:, None], max_streak=2)
+    assert stored["table"] == want
+    assert sum(r["episodes"] for r in scratch["table"]) == scratch["rows"] * scratch["episodes"]
+    assert all(0 <= r["p_success"] <= 1 for c in (ad, stored, scratch) for r in c["table"]
+               if r["p_success"] is not None)
