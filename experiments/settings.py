@@ -188,6 +188,7 @@ _add(dataclasses.replace(
 _add(dataclasses.replace(SETTINGS["key-to-door-mlp"], name="key-to-door-mlp-s24",
                          subsample_every=24, subsample_steps=512))
 
+
 def get_setting(name: str) -> Setting:
     if name not in SETTINGS:
         raise ValueError(f"unknown setting {name!r}; available: {', '.join(SETTINGS)}")
