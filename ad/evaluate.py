@@ -125,6 +125,19 @@ def policy_rollout(env, tasks: PyTree, key: jax.Array, num_steps: int, policy) -
     return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), out)
 
 
+def source_learning(source, config, env, tasks: PyTree, key: jax.Array,
+                    num_episodes: int) -> tuple[LearningHistory, np.ndarray]:
+    """The source algorithm learning every task of ``tasks`` from scratch (one history
+    each, ``jit(vmap)``-ed), and its ``(N, E)`` per-episode returns, ``E`` = the smaller of
+    ``num_episodes`` and the fewest episodes any history completed."""
+    n = jax.tree.leaves(tasks)[0].shape[0]
+    train = jax.jit(jax.vmap(source.make_train(env, config)))
+    history = train(jax.random.split(key, n), tasks)
+    done = jnp.logical_or(history.terminated, history.truncated)
+    available = int(np.asarray(done).sum(-1).min())
+    return history, episode_curve(history, min(num_episodes, available))
+
+
 @dataclasses.dataclass(frozen=True)
 class UniformPolicy:
     """Uniform actions for a batch of ``n`` streams (hashable: a static jit argument)."""

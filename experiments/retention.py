@@ -29,14 +29,13 @@ import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-import source_agents
 from ad import evaluate as ev
 from ad.dataset import load_dataset, returns_table
 from ad.train import load_model
 from ad.utils import atomic_write_text, provenance
+from experiments.collect import resolve_source
 
 
 def streaks(success: np.ndarray) -> np.ndarray:
@@ -69,7 +68,8 @@ def retention_table(success: np.ndarray, valid: np.ndarray | None = None,
 
 
 def _source_from_spec(spec):
-    source = source_agents.get(spec.source)
+    """The source and its Config as recorded in a dataset's spec (JSON lists -> tuples)."""
+    source = resolve_source(spec.source)
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.source_config.items()}
     return source, source.Config(**fields)
 
@@ -107,10 +107,8 @@ def measure(run: str, tasks: int, episodes: int, frac: float, max_streak: int,
         mean_return=float(np.nanmean(stored)), rows=m, episodes=int(counts.max()))
 
     source, config = _source_from_spec(spec)
-    history = jax.jit(jax.vmap(source.make_train(env, config)))(
-        jax.random.split(jax.random.fold_in(key, 7), n), test)
-    available = int(np.asarray(jnp.logical_or(history.terminated, history.truncated)).sum(-1).min())
-    src_returns = ev.episode_curve(history, min(episodes, available))
+    _, src_returns = ev.source_learning(source, config, env, test, jax.random.fold_in(key, 7),
+                                        episodes)
     out["source from scratch (held-out tasks)"] = dict(
         table=retention_table(src_returns >= frac * optimum, max_streak=max_streak),
         mean_return=float(src_returns.mean()), rows=n, episodes=int(src_returns.shape[1]))
@@ -179,7 +177,7 @@ def main(argv=None) -> int:
               + "".join(f"{c:>30s}" for c in cells))
     for lab in labels:
         print(f"mean return, {lab}: {result['curves'][lab]['mean_return']:.3f}")
-    out = Path(args.out) if args.out else load_model(args.run).run_dir / "retention.json"
+    out = Path(args.out) if args.out else Path(result["run"]) / "retention.json"
     atomic_write_text(out, json.dumps({**result, **provenance()}, indent=1))
     png = plot_retention(result, out.with_suffix(".png"))
     print(f"wrote {out} and {png}")

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import envs
@@ -84,10 +83,8 @@ def evaluate_setting(setting: Setting, ad_models: list, ed_models: list, seed: i
                 if reg:
                     regrets[label] = np.concatenate(reg)
         stage(f"source ({setting.source}) and random policy on {where}")
-        train = jax.jit(jax.vmap(source.make_train(env, source_config)))
-        history = train(jax.random.split(jax.random.fold_in(key, 7), n), tasks)
-        available = int(np.asarray(jnp.logical_or(history.terminated, history.truncated)).sum(-1).min())
-        curves["source"] = ev.episode_curve(history, min(E, available))
+        history, curves["source"] = ev.source_learning(source, source_config, env, tasks,
+                                                       jax.random.fold_in(key, 7), E)
         if _is_bandit(env):
             regrets["source"] = _pseudo_regret(env, tasks, history.action)[:, :E]
         rnd = ev.random_rollout(env, tasks, jax.random.fold_in(key, 8), num_steps)
