@@ -2,7 +2,8 @@
 
 The model acts in a JAX env for ``num_episodes`` consecutive episodes of one task, with
 its own growing context: at every step it sees ``(obs[t], action[t-1], reward[t-1])``
-(and ``done[t-1]`` for models with ``episode_start_token``),
+(and ``done[t-1]`` for models with ``episode_start_token``, ``obs[t-1]`` for models with
+``prev_obs_token``),
 *samples* ``action[t]`` from its policy, and the env steps (auto-resetting into the next
 episode of the same task). Everything is one jitted ``lax.scan`` over steps, vmapped
 over tasks, with the rolling KV cache of ``ad.model.decode_step`` (exact: equal to a full
@@ -53,10 +54,10 @@ def _broadcast_obs(obs):
     return jax.tree.map(lambda o: jnp.asarray(o, jnp.int32)[:, None], obs)
 
 
-def _step_inputs(obs, prev_action, prev_reward, prev_done) -> StepInputs:
+def _step_inputs(obs, prev_action, prev_reward, prev_done, prev_obs) -> StepInputs:
     """One step's model inputs (T = 1) from per-stream arrays of shape (N,)."""
     return StepInputs(_broadcast_obs(obs), prev_action[:, None], prev_reward[:, None],
-                      prev_done[:, None])
+                      prev_done[:, None], _broadcast_obs(prev_obs))
 
 
 @partial(jax.jit, static_argnames=("config", "env", "num_steps", "temperature"))
@@ -71,33 +72,38 @@ def ad_rollout(params: PyTree, config: ModelConfig, env, tasks: PyTree, key: jax
     n = jax.tree.leaves(tasks)[0].shape[0]
     cache = init_cache(config, n)
     none_action = jnp.full((n,), config.num_actions, jnp.int32)
-    # (action[t-1], reward[t-1], done[t-1]) of every stream; a stream starts an episode
-    prev = (none_action, jnp.zeros((n,), jnp.float32), jnp.ones((n,), bool))
+    reset_key, key = jax.random.split(key)
+    obs, state = jax.vmap(env.reset)(jax.random.split(reset_key, n), tasks)
+    # (action[t-1], reward[t-1], done[t-1], obs[t-1]) of every stream; a stream starts an
+    # episode, and its obs[t-1] is never read (prev_action is "none")
+    no_obs = jax.tree.map(lambda o: jnp.zeros(o.shape, jnp.int32), obs)
+    prev = (none_action, jnp.zeros((n,), jnp.float32), jnp.ones((n,), bool), no_obs)
 
     if prompt is not None:  # teacher-force a given context into the cache first
         def feed(carry, xs):
             cache, prev = carry
             obs, action, reward, done = xs
             _, cache = decode_step(params, config, cache, _step_inputs(obs, *prev))
-            return (cache, (action.astype(jnp.int32), reward.astype(jnp.float32), done)), None
+            prev = (action.astype(jnp.int32), reward.astype(jnp.float32), done,
+                    jax.tree.map(lambda o: jnp.asarray(o, jnp.int32), obs))
+            return (cache, prev), None
 
         xs = (jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), prompt.obs),
               prompt.action.T, prompt.reward.T,
               jnp.logical_or(prompt.terminated, prompt.truncated).T)
         (cache, prev), _ = jax.lax.scan(feed, (cache, prev), xs)
 
-    reset_key, key = jax.random.split(key)
-    obs, state = jax.vmap(env.reset)(jax.random.split(reset_key, n), tasks)
-
     def body(carry, step_key):
         cache, obs, state, prev = carry
         act_key, env_key = jax.random.split(step_key)
         logits, cache = decode_step(params, config, cache, _step_inputs(obs, *prev))
         action = jax.random.categorical(act_key, logits / temperature).astype(jnp.int32)
-        obs, state, reward, terminated, truncated, _ = jax.vmap(env.step)(
+        next_obs, state, reward, terminated, truncated, _ = jax.vmap(env.step)(
             jax.random.split(env_key, n), state, action, tasks)
         done = jnp.logical_or(terminated, truncated)
-        carry = (cache, obs, state, (action, reward.astype(jnp.float32), done))
+        carry = (cache, next_obs, state,
+                 (action, reward.astype(jnp.float32), done,
+                  jax.tree.map(lambda o: jnp.asarray(o, jnp.int32), obs)))
         return carry, Rollout(action, reward, done)
 
     carry = (cache, obs, state, prev)
@@ -220,10 +226,10 @@ def source_curve(env, source_name: str, source_config, tasks: PyTree, key: jax.A
 # ----------------------------------------------------------------------------------------
 @partial(jax.jit, static_argnames=("config", "temperature"))
 def _policy_step(params: PyTree, config: ModelConfig, cache, obs, prev_action, prev_reward,
-                 prev_done, step_key, temperature: float = 1.0):
+                 prev_done, prev_obs, step_key, temperature: float = 1.0):
     """One step of ``ad_rollout``'s loop body for a batch of one: sample, update the cache."""
     act_key, _ = jax.random.split(step_key)  # the second half is ad_rollout's env key
-    step = _step_inputs(obs, prev_action, prev_reward, prev_done)
+    step = _step_inputs(obs, prev_action, prev_reward, prev_done, prev_obs)
     logits, cache = decode_step(params, config, cache, step)
     action = jax.random.categorical(act_key, logits / temperature).astype(jnp.int32)
     return action, cache
@@ -271,6 +277,7 @@ def gym_rollout(params: PyTree, config: ModelConfig, gym_env, reset_seed: int | 
     prev_action = jnp.full((1,), config.num_actions, jnp.int32)
     prev_reward = jnp.zeros((1,), jnp.float32)
     prev_done = jnp.ones((1,), bool)
+    prev_obs = None  # set at the first step (never read there: prev_action is "none")
     actions, rewards, dones = [], [], []
     t = 0
     for _ in range(num_episodes):
@@ -283,8 +290,11 @@ def gym_rollout(params: PyTree, config: ModelConfig, gym_env, reset_seed: int | 
                                      f"num_steps={num_steps} steps")
                 bound *= 2
                 step_keys = jax.random.split(key, bound)
-            action, cache = _policy_step(params, config, cache, _model_obs(config, obs),
-                                         prev_action, prev_reward, prev_done, step_keys[t],
+            model_obs = _model_obs(config, obs)
+            if prev_obs is None:
+                prev_obs = jax.tree.map(np.zeros_like, model_obs)
+            action, cache = _policy_step(params, config, cache, model_obs, prev_action,
+                                         prev_reward, prev_done, prev_obs, step_keys[t],
                                          temperature)
             a = int(action[0])
             obs, reward, terminated, truncated, _ = gym_env.step(a)
@@ -292,6 +302,7 @@ def gym_rollout(params: PyTree, config: ModelConfig, gym_env, reset_seed: int | 
             prev_action = action
             prev_reward = jnp.asarray([reward], jnp.float32)
             prev_done = jnp.asarray([done])
+            prev_obs = model_obs
             actions.append(a)
             rewards.append(float(reward))
             dones.append(done)

@@ -9,6 +9,11 @@ Token layouts (``ModelConfig.token_layout``)
   tokens of steps that start an episode (RL²'s "done" input): without it the stream
   shows no episode boundary except what the observations imply, and in Key-to-Door
   (random starts, time-outs) whether the key is held then depends on counting steps.
+  With ``prev_obs_token`` a second encoder adds ``E'_obs(obs[t-1])`` (zero at a stream
+  start), so each token holds the whole last transition ``(o, a, r)[t-1]`` beside
+  ``o[t]`` (DPT's transition tokens, without the next observation): where an episode
+  ends on an unobserved cell (Key-to-Door's door: the next observation is the next
+  episode's start), that cell then follows from one token instead of two.
 - ``"oar"``: the paper's interleaved tokens, three per step, ordered
   ``(a_{t-1}, r_{t-1}, o_t)`` for step ``t``; over a stream this is the paper's
   ``o_0, a_0, r_0, o_1, ...`` sequence preceded by a ("none", 0) pair. ``action[t]`` is
@@ -127,6 +132,8 @@ class ModelConfig:
     dtype: str = "float32"  # matmul compute dtype; params, softmax, logits stay float32
     episode_start_token: bool = False  # add E_start to steps with episode_start (inputs'
     #   done[t-1]); False keeps the paper's (o, a, r) inputs only
+    prev_obs_token: bool = False  # add E'_obs(prev_obs[t] = obs[t-1]) to every step token
+    #   ("step" layout only; zero where prev_action is "none", i.e. at stream starts)
     attention_impl: str = "auto"  # "dense": (N, N) masked scores; "blocked": query blocks of
     #   c steps attend to their own and the previous block only (2/3 of the work at T=3c,
     #   less for longer windows); "auto": blocked when the window spans >= 3 blocks
@@ -162,6 +169,9 @@ class ModelConfig:
                                                or self.obs_shape[2] != 3):
             raise ValueError(f"ModelConfig.obs_encoder='minigrid' needs obs_shape (V, V, 3) "
                              f"(the image), got {self.obs_shape}")
+        if self.prev_obs_token and self.token_layout != "step":
+            raise ValueError("ModelConfig.prev_obs_token needs token_layout='step' (in 'oar' "
+                             "the previous observation is already a token of its own)")
         if self.obs_encoder == "xy" and self.obs_shape != (2,):
             raise ValueError(f"ModelConfig.obs_encoder='xy' needs obs_shape (2,), got "
                              f"{self.obs_shape}")
@@ -236,11 +246,16 @@ class StepInputs(NamedTuple):
     # (B, T) bool: step t starts an episode (done[t-1]; True at a stream start). Read only
     # by models with ModelConfig.episode_start_token; None where no one needs it.
     episode_start: jax.Array | None = None
+    # leaves (B, T, *obs_shape): obs[t-1], the observation action[t-1] was taken from. Read
+    # only by models with ModelConfig.prev_obs_token, which ignore it where prev_action is
+    # "none" (any value will do there); None where no one needs it.
+    prev_obs: PyTree | None = None
 
 
 def step_inputs_from_history(obs, action, reward, *, num_actions: int, stream_start=True,
                              action_before=None, reward_before=None, done=None,
-                             done_before=None) -> StepInputs:
+                             done_before=None, with_prev_obs=False,
+                             obs_before=None) -> StepInputs:
     """Build ``StepInputs`` from a window ``obs/action/reward`` of a history.
 
     Arrays have leading dims ``(..., T)`` (``obs`` leaves ``(..., T, *shape)``).
@@ -258,6 +273,9 @@ def step_inputs_from_history(obs, action, reward, *, num_actions: int, stream_st
     - ``done`` ``(..., T)`` (optional): the steps that ended an episode; then
       ``episode_start[t] = done[t-1]`` (``done_before`` for the first step of a window
       that starts mid-stream, default False), True wherever a stream starts.
+    - ``with_prev_obs``: also fill ``prev_obs[t] = obs[t-1]`` (``obs_before``, leaves
+      ``(..., *shape)``, for the first step of a window that starts mid-stream; zeros
+      where the window starts its stream, and where ``obs_before`` is not given).
     """
     action = jnp.asarray(action, jnp.int32)
     reward = jnp.asarray(reward, jnp.float32)
@@ -295,8 +313,22 @@ def step_inputs_from_history(obs, action, reward, *, num_actions: int, stream_st
         before = (jnp.zeros(done.shape[:-1], bool) if done_before is None
                   else jnp.broadcast_to(jnp.asarray(done_before, bool), done.shape[:-1]))
         episode_start = jnp.concatenate([before[..., None], done[..., :-1]], axis=-1) | start
+    prev_obs = None
+    if with_prev_obs:
+        axis = action.ndim - 1  # the time axis of every obs leaf
+        if obs_before is None:
+            obs_before = jax.tree.map(
+                lambda o: jnp.zeros(o.shape[:axis] + o.shape[axis + 1:], o.dtype), obs)
+
+        def shift(o, before):
+            o = jnp.asarray(o)
+            before = jnp.expand_dims(jnp.asarray(before, o.dtype), axis)
+            rest = jax.lax.slice_in_dim(o, 0, o.shape[axis] - 1, axis=axis)
+            return jnp.concatenate([before, rest], axis=axis)
+
+        prev_obs = jax.tree.map(shift, obs, obs_before)
     return StepInputs(obs=obs, prev_action=prev_action, prev_reward=prev_reward,
-                      episode_start=episode_start)
+                      episode_start=episode_start, prev_obs=prev_obs)
 
 
 def dummy_inputs(config: ModelConfig, batch_size: int = 1, num_steps: int = 1) -> StepInputs:
@@ -310,7 +342,9 @@ def dummy_inputs(config: ModelConfig, batch_size: int = 1, num_steps: int = 1) -
     return StepInputs(obs=obs, prev_action=jnp.full((B, T), config.num_actions, jnp.int32),
                       prev_reward=jnp.zeros((B, T), jnp.float32),
                       episode_start=(jnp.ones((B, T), bool) if config.episode_start_token
-                                     else None))
+                                     else None),
+                      prev_obs=(jax.tree.map(jnp.zeros_like, obs) if config.prev_obs_token
+                                else None))
 
 
 # ----------------------------------------------------------------------------------------
@@ -712,6 +746,8 @@ class ADTransformer(nn.Module):
         self.mask_embed = self.param("mask_embed", init, (cfg.d_model,))
         if cfg.episode_start_token:
             self.start_embed = self.param("start_embed", init, (cfg.d_model,))
+        if cfg.prev_obs_token:
+            self.prev_obs_embed = ObsEncoder(cfg)
         self.blocks = [Block(cfg) for _ in range(cfg.num_layers)]
         self.ln_final = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32)
         self.head = nn.Dense(cfg.num_actions, kernel_init=init, dtype=jnp.float32)
@@ -733,6 +769,12 @@ class ADTransformer(nn.Module):
                 raise ValueError("ModelConfig.episode_start_token=True needs "
                                  "StepInputs.episode_start (B, T) bool")
             o = o + inputs.episode_start.astype(jnp.float32)[..., None] * self.start_embed
+        if cfg.prev_obs_token:
+            if inputs.prev_obs is None:
+                raise ValueError("ModelConfig.prev_obs_token=True needs StepInputs.prev_obs "
+                                 "(obs[t-1], leaves (B, T, *obs_shape))")
+            known = (inputs.prev_action != cfg.num_actions)[..., None]
+            o = o + jnp.where(known, self.prev_obs_embed(inputs.prev_obs), 0.0)
         if cfg.token_layout == "step":
             x = o + a + r
         else:  # (a_{t-1}, r_{t-1}, o_t) per step

@@ -76,6 +76,7 @@ class DistillConfig:
     positions: str = "rope"  # "rope" or "alibi"
     obs_encoder: str = ""  # "" picks the env's default ("cell" for grid cells)
     episode_start_token: bool = False  # tell the model which steps start an episode
+    prev_obs_token: bool = False  # also give each step obs[t-1] (ModelConfig.prev_obs_token)
     dtype: str = "float32"  # "bfloat16" compute on accelerators
     # ---- optimisation ---------------------------------------------------------------------
     batch_size: int = 128  # windows per step, split over all devices
@@ -117,7 +118,7 @@ def model_config_for(config: DistillConfig, env) -> ModelConfig:
         mlp_dim=config.mlp_dim, dropout=config.dropout, attn_dropout=config.attn_dropout,
         token_mask_prob=config.token_mask_prob, context=config.context,
         token_layout=config.token_layout, positions=config.positions, dtype=config.dtype,
-        episode_start_token=config.episode_start_token)
+        episode_start_token=config.episode_start_token, prev_obs_token=config.prev_obs_token)
     if config.obs_encoder:
         overrides["obs_encoder"] = config.obs_encoder
     return ModelConfig.for_env(env, **overrides)
@@ -132,16 +133,17 @@ class WindowSampler:
     A window is ``T`` consecutive steps of one history. To build ``prev_action`` /
     ``prev_reward`` for its first step it reads the step before it; a window that starts
     at step 0 starts its stream and gets the "none" action and reward 0 (DESIGN.md).
+    With ``prev_obs`` the batches also carry ``obs[t-1]`` (``ModelConfig.prev_obs_token``).
     """
 
     def __init__(self, dataset: Dataset, window: int, batch_size: int, seed: int,
-                 num_actions: int, last_steps: int = 0):
+                 num_actions: int, last_steps: int = 0, prev_obs: bool = False):
         T, n = window, dataset.num_steps
         if n < T:
             raise ValueError(f"{dataset.path}: histories have {n} steps, too short for "
                              f"windows of {T} steps")
         self.dataset, self.T, self.B, self.seed = dataset, T, batch_size, seed
-        self.num_actions = num_actions
+        self.num_actions, self.prev_obs = num_actions, prev_obs
         self.lo = 0 if last_steps <= 0 else max(0, n - max(last_steps, T))
         self.hi = n - T  # inclusive upper bound of a window start
 
@@ -169,6 +171,12 @@ class WindowSampler:
         action, reward, done = take(rows.action), take(rows.reward), take(rows_done)
         prev_action = np.concatenate([rows.action[:, :1], action[:, :-1]], axis=1)
         prev_reward = np.concatenate([rows.reward[:, :1], reward[:, :-1]], axis=1)
+        prev_obs = None
+        if self.prev_obs:  # obs[t-1]; at a stream start (window start 0) a stand-in that
+            # the model never reads (prev_action is "none" there)
+            prev_obs = jax.tree.map(
+                lambda o, w: np.concatenate([o[:, :1], w[:, :-1]], axis=1).astype(np.int32),
+                rows.obs, obs)
         episode_start = np.concatenate([rows_done[:, :1], done[:, :-1]], axis=1)
         at_stream_start = start == 0
         prev_action[at_stream_start, 0] = self.num_actions  # the "none" action token
@@ -177,7 +185,8 @@ class WindowSampler:
         inputs = StepInputs(obs=jax.tree.map(lambda o: o.astype(np.int32), obs),
                             prev_action=prev_action.astype(np.int32),
                             prev_reward=prev_reward.astype(np.float32),
-                            episode_start=episode_start)
+                            episode_start=episode_start,
+                            prev_obs=prev_obs)
         return Batch(inputs=inputs, target_action=action.astype(np.int32),
                      mask=np.ones(action.shape, np.float32))
 
@@ -387,7 +396,8 @@ def distill(config: DistillConfig, overwrite: bool = False) -> Path:
 
     train_step = parallel.step
     sampler = WindowSampler(dataset, config.window_steps, config.batch_size, config.seed,
-                            model_config.num_actions, config.last_steps)
+                            model_config.num_actions, config.last_steps,
+                            prev_obs=model_config.prev_obs_token)
 
     metrics_path = run_dir / "metrics.jsonl"
     _truncate_metrics(metrics_path, start_step)

@@ -254,6 +254,9 @@ def _parse_kv(items):
         key, _, value = item.partition("=")
         if not _:
             raise SystemExit(f"--distill-override expects KEY=VALUE, got {item!r}")
+        if value.lower() in ("true", "false"):
+            out[key] = value.lower() == "true"
+            continue
         for cast in (int, float):
             try:
                 value = cast(value)

@@ -64,6 +64,16 @@ def test_windows_align_inputs_and_targets(darkroom_data):
     # deterministic: the same step gives the same batch
     again = sampler.batch(0)
     np.testing.assert_array_equal(again.target_action, batch.target_action)
+    assert batch.inputs.prev_obs is None
+    # prev_obs = obs[t-1] (the step before a mid-stream window; unread at a stream start)
+    with_prev = WindowSampler(ds, window=8, batch_size=32, seed=3, num_actions=5,
+                              prev_obs=True).batch(0)
+    np.testing.assert_array_equal(with_prev.inputs.obs, batch.inputs.obs)
+    for b in range(32):
+        h, s = ds.history(int(hist[b])), int(start[b])
+        np.testing.assert_array_equal(with_prev.inputs.prev_obs[b, 1:], h.obs[s:s + 7])
+        if s > 0:
+            np.testing.assert_array_equal(with_prev.inputs.prev_obs[b, 0], h.obs[s - 1])
 
 
 def test_stream_start_windows_are_sampled(darkroom_data):
@@ -159,7 +169,8 @@ def test_sharded_training_matches_single_device(darkroom_data, tmp_path):
 def test_cached_rollout_matches_full_forward(darkroom_data, tmp_path, starts):
     """The actions sampled with the KV cache are those a full banded forward would sample."""
     m = load_model(distill(DistillConfig(dataset=str(darkroom_data), out=str(tmp_path / "kv"), num_steps=3,
-                                         episode_start_token=starts, **TINY)))
+                                         episode_start_token=starts, prev_obs_token=starts,
+                                         **TINY)))
     env = m.env
     tasks = ev.repeat_tasks(env.tasks("test"), 1)
     key = jax.random.PRNGKey(5)
@@ -178,8 +189,9 @@ def test_cached_rollout_matches_full_forward(darkroom_data, tmp_path, starts):
     prev_a = jnp.concatenate([jnp.full((n, 1), 5), r.action[:, :-1]], 1)
     prev_r = jnp.concatenate([jnp.zeros((n, 1)), r.reward[:, :-1]], 1)
     first = jnp.concatenate([jnp.ones((n, 1), bool), r.done[:, :-1]], 1)  # 3 episodes
-    logits = ADTransformer(m.config).apply({"params": m.params}, StepInputs(obs, prev_a, prev_r, first),
-                                           train=False)
+    prev_obs = jnp.concatenate([jnp.zeros((n, 1, 2), obs.dtype), obs[:, :-1]], 1)
+    logits = ADTransformer(m.config).apply(
+        {"params": m.params}, StepInputs(obs, prev_a, prev_r, first, prev_obs), train=False)
     act_keys = jax.vmap(lambda k: jax.random.split(k)[0])(step_keys)
     replay = jnp.stack([jax.random.categorical(act_keys[t], logits[:, t]) for t in range(S)], 1)
     np.testing.assert_array_equal(replay, r.action)

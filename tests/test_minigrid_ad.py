@@ -243,7 +243,9 @@ def test_gym_rollout_in_our_gym_env_equals_ad_rollout():
 
     env = envs.make("minigrid-fourrooms-dark")
     tasks = env.tasks("test")
-    cfg = tiny(context=16, d_model=32, num_heads=4, mlp_dim=64)
+    # with both optional inputs, so the loop's done and (dict) obs[t-1] are checked too
+    cfg = tiny(context=16, d_model=32, num_heads=4, mlp_dim=64, episode_start_token=True,
+               prev_obs_token=True)
     params = _sharp_params(cfg, seed=1)
     task = jax.tree.map(lambda x: x[:1], tasks)
     gym_env = gymnasium.make(envs.GYM_IDS["minigrid-fourrooms-dark"],

@@ -150,6 +150,15 @@ def test_step_inputs_from_history_by_hand():
                                    reward_before=jnp.array([7.0]), done_before=jnp.array([False]))
     np.testing.assert_array_equal(inp.episode_start, [[False, False, True, False]])
     assert step_inputs_from_history(obs, action, reward, num_actions=A).episode_start is None
+    # Previous observations: obs[t-1], the step before a mid-stream window for its first
+    # step, zeros (never read: prev_action is "none") where the stream starts.
+    inp = step_inputs_from_history(obs, action, reward, num_actions=A, with_prev_obs=True)
+    np.testing.assert_array_equal(inp.prev_obs, [[[0, 0], [0, 1], [2, 3], [4, 5]]])
+    inp = step_inputs_from_history(obs, action, reward, num_actions=A, with_prev_obs=True,
+                                   stream_start=jnp.array([False]), action_before=jnp.array([2]),
+                                   reward_before=jnp.array([7.0]), obs_before=jnp.array([[8, 6]]))
+    np.testing.assert_array_equal(inp.prev_obs, [[[8, 6], [0, 1], [2, 3], [4, 5]]])
+    assert step_inputs_from_history(obs, action, reward, num_actions=A).prev_obs is None
 
 
 def with_episode_starts(inputs: StepInputs, seed: int) -> StepInputs:
@@ -177,6 +186,34 @@ def test_episode_start_token_is_read_only_when_configured():
                                   np.asarray(g(inp._replace(episode_start=moved))))
     with pytest.raises(ValueError, match="episode_start"):
         f(inp._replace(episode_start=None))
+
+
+def with_prev_obs(inputs: StepInputs) -> StepInputs:
+    """The same inputs with prev_obs = obs[t-1] (zeros at the stream start)."""
+    obs = np.asarray(inputs.obs)
+    return inputs._replace(prev_obs=np.concatenate([np.zeros_like(obs[:, :1]), obs[:, :-1]], 1))
+
+
+def test_prev_obs_token_is_read_only_when_configured():
+    """With prev_obs_token obs[t-1] changes the logits from step t on (never before), is
+    ignored at a stream start (prev_action "none"), and is ignored without the flag."""
+    inp = with_prev_obs(inputs_np(4, 2, 12))
+    moved, at_start = np.array(inp.prev_obs), np.array(inp.prev_obs)
+    moved[:, 7] = (moved[:, 7] + 3) % 9
+    at_start[:, 0] = (at_start[:, 0] + 3) % 9
+    on = tiny(prev_obs_token=True)
+    f = forward(on, params_for(on))
+    a, b = np.asarray(f(inp)), np.asarray(f(inp._replace(prev_obs=moved)))
+    np.testing.assert_array_equal(a[:, :7], b[:, :7])
+    assert np.abs(a[:, 7] - b[:, 7]).max() > 1e-4
+    np.testing.assert_array_equal(a, np.asarray(f(inp._replace(prev_obs=at_start))))
+    off = tiny()
+    g = forward(off, params_for(off))
+    np.testing.assert_array_equal(np.asarray(g(inp)), np.asarray(g(inp._replace(prev_obs=moved))))
+    with pytest.raises(ValueError, match="prev_obs"):
+        f(inp._replace(prev_obs=None))
+    with pytest.raises(ValueError, match="prev_obs_token"):
+        tiny(prev_obs_token=True, token_layout="oar")
 
 
 # ---- causality, receptive field, alignment -----------------------------------------------------
@@ -364,12 +401,12 @@ def _decode_all(params, cfg, inputs: StepInputs):
                          + [("step", "rope", True)])
 def test_kv_cache_decode_equals_full_banded_forward(layout, pos, starts):
     cfg = tiny(token_layout=layout, positions=pos, context=4, num_layers=3, d_model=32,
-               num_heads=4, mlp_dim=64, episode_start_token=starts)
+               num_heads=4, mlp_dim=64, episode_start_token=starts, prev_obs_token=starts)
     params = params_for(cfg)
     T = 40  # 10x the band
     inp = inputs_np(8, 3, T)
     if starts:
-        inp = with_episode_starts(inp, 8)
+        inp = with_prev_obs(with_episode_starts(inp, 8))
     full = forward(cfg, params)(inp)
     dec, cache = jax.jit(lambda p, i: _decode_all(p, cfg, i))(params, inp)
     assert int(cache.step) == T and int(cache.write_index) == T % cfg.context
