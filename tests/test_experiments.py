@@ -26,6 +26,16 @@ def test_every_setting_builds_valid_configs():
         get_setting("dark-room")
 
 
+def test_distill_overrides_parse_ints_floats_bools_and_strings():
+    parsed = run_mod._parse_kv(["num_steps=500", "lr=3e-4", "prev_obs_token=true",
+                                "episode_start_token=False", "obs_encoder=xy"])
+    assert parsed == dict(num_steps=500, lr=3e-4, prev_obs_token=True,
+                          episode_start_token=False, obs_encoder="xy")
+    assert type(parsed["num_steps"]) is int and type(parsed["prev_obs_token"]) is bool
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        run_mod._parse_kv(["num_steps"])
+
+
 def test_tiny_bandit_pipeline_writes_results(tmp_path):
     setting = Setting(
         name="tiny-bandit", env="bernoulli-bandit", source="thompson", histories=64,
