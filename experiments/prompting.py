@@ -10,7 +10,8 @@ that first, with ``--ed`` for ED) and, on held-out tasks:
    over tasks (smoothed over 10 episodes) reaches half the optimum;
 3. each model's KV cache is teacher-forced with that task's own source episodes
    ``e − P … e − 1``, the last ``P`` episodes before the half-trained point, where ``P``
-   covers the model's receptive field (``num_layers · context`` steps);
+   covers the model's receptive field (``num_layers · context`` steps; for varying
+   episode lengths see below);
 4. the model then acts in context for ``--episodes`` fresh episodes, sampling its actions.
 
 AD distilled from *learning* histories should keep improving past the prompt's level;
@@ -19,8 +20,10 @@ that improves and is expected not to. Both are also shown without a prompt, besi
 source's own continuation from episode ``e`` (what it does next with gradient updates).
 
 Writes ``<out>/<setting>/prompting.json`` (curves, summary, provenance) and
-``prompting.png``. Needs fixed-length episodes (Dark Room, Dark Room Hard), so that one
-prompt length fits every task.
+``prompting.png``. Episodes of varying length (Key-to-Door ends at the door): the
+prompt is then the last ``num_layers · context`` steps before the half-trained episode,
+whose first step may fall mid-episode (fed as a stream start, at the edge of the
+receptive field); the summary counts the whole episodes it holds.
 """
 
 from __future__ import annotations
@@ -56,9 +59,29 @@ def half_trained_episode(source_curve: np.ndarray, optimum: float, smooth: int =
     return int(hits[0] + smooth // 2)
 
 
-def episode_slice(history: LearningHistory, horizon: int, first: int, last: int) -> LearningHistory:
-    """Episodes ``first … last − 1`` of fixed-length-episode histories, leaves (N, steps)."""
-    return jax.tree.map(lambda x: x[:, first * horizon:last * horizon], history)
+def episode_starts(done: np.ndarray, num_episodes: int) -> np.ndarray:
+    """(N, num_episodes) step index at which each row's episodes 0, 1, … start."""
+    starts = np.zeros((done.shape[0], num_episodes), np.int64)
+    for i, row in enumerate(done):
+        ends = np.flatnonzero(row)
+        if len(ends) < num_episodes - 1:
+            raise ValueError(f"row {i} has only {len(ends)} finished episodes, "
+                             f"{num_episodes - 1} needed")
+        starts[i, 1:] = ends[:num_episodes - 1] + 1
+    return starts
+
+
+def steps_before(history: LearningHistory, end: np.ndarray, steps: int) -> LearningHistory:
+    """Steps ``end[i] − steps … end[i] − 1`` of each row ``i``, leaves (N, steps)."""
+    idx = np.asarray(end)[:, None] - steps + np.arange(steps)[None]
+    if idx.min() < 0:
+        raise ValueError(f"a row has fewer than {steps} steps before its prompt end")
+
+    def take(x):
+        x = np.asarray(x)
+        return np.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+    return jax.tree.map(take, history)
 
 
 def per_task(curve: np.ndarray, rows_per_model: int, rollouts_per_task: int) -> np.ndarray:
@@ -101,12 +124,21 @@ def run_prompting(setting: Setting | str, seeds=(0,), with_ed: bool = True, runs
     history = jax.jit(jax.vmap(source.make_train(env, source_config)))(
         jax.random.split(jax.random.fold_in(key, 1), n), tasks)
     done = np.asarray(history.terminated | history.truncated)
-    if not (np.diff(np.flatnonzero(done[0])) == horizon).all():
-        raise ValueError(f"prompting needs fixed-length episodes; {setting.env} episodes vary")
-    source_curve = ev.episode_curve(history, int(done.sum(1).min()))
+    num_episodes = int(done.sum(1).min())
+    source_curve = ev.episode_curve(history, num_episodes)
     e = half_trained_episode(source_curve, optimum)
-    prompt_episodes = min(e, math.ceil(cfg.num_layers * cfg.context / horizon))
-    prompt = episode_slice(history, horizon, e - prompt_episodes, e)
+    starts = episode_starts(done, min(e + 1, num_episodes))
+    receptive = cfg.num_layers * cfg.context  # steps: the cache can use no more
+    fixed = bool((np.diff(np.flatnonzero(done[0])) == horizon).all())
+    if fixed:  # whole episodes covering the receptive field
+        prompt_steps = min(e, math.ceil(receptive / horizon)) * horizon
+    else:  # episodes vary (Key-to-Door): the last `receptive` steps, so the prompt's
+        # first step may fall mid-episode; the model sees it as a stream start, at the
+        # edge of what any later step can see
+        prompt_steps = min(receptive, int(starts[:, e].min()))
+    prompt = steps_before(history, starts[:, e], prompt_steps)
+    in_prompt = (starts >= starts[:, e:e + 1] - prompt_steps)[:, :e]  # whole episodes inside
+    prompt_episodes = float(in_prompt.sum(1).mean())
 
     curves = {}
     num_steps = episodes * horizon
@@ -118,10 +150,11 @@ def run_prompting(setting: Setting | str, seeds=(0,), with_ed: bool = True, runs
                     for i, m in enumerate(ms)]
             curves[f"{label} ({'prompted' if prompted else 'no prompt'})"] = np.concatenate(rows)
     curves["source (continues)"] = source_curve[:, e:e + episodes]
-    prompt_level = float(source_curve[:, e - prompt_episodes:e].mean())
+    prompt_level = float(source_curve[:, :e][in_prompt].mean())
 
     summary = {"optimal_mean_return": optimum, "half_trained_episode": e + 1,
-               "prompt_episodes": prompt_episodes, "prompt_mean_return": prompt_level,
+               "prompt_steps": prompt_steps, "prompt_episodes": prompt_episodes,
+               "prompt_mean_return": prompt_level,
                "rows": n * len(seeds), "tasks": n // rollouts,
                # SE across tasks: each task's rollouts (and models) are averaged first
                **{k: improvement(per_task(v, n, rollouts)) for k, v in curves.items()}}
@@ -133,8 +166,8 @@ def run_prompting(setting: Setting | str, seeds=(0,), with_ed: bool = True, runs
     panel["optimal"] = {"mean": np.full(episodes, optimum), "ci": None}
     out_dir = Path(out_root) / setting.name
     plot_curves({"held-out tasks": panel}, out_dir / "prompting.png",
-                title=f"{setting.name}: prompted with the source's episodes {e - prompt_episodes + 1}"
-                      f"–{e} (half-trained)")
+                title=f"{setting.name}: prompted with the source's last {prompt_steps} steps "
+                      f"before episode {e + 1} (half-trained)")
     record = {"setting": setting.name, "seeds": list(seeds), "episodes": episodes,
               "summary": summary,
               "curves": {k: {"mean": ev.mean_and_ci(v)[0].tolist(), "ci95": ev.mean_and_ci(v)[1].tolist()}
@@ -149,8 +182,8 @@ def print_summary(record: dict) -> None:
     print(f"\n=== {record['setting']}: prompting check (held-out, {s['rows']} rollouts per model "
           f"on {s['tasks']} tasks; SE across tasks) ===")
     print(f"source reaches half the optimum ({s['optimal_mean_return']:.2f}) at episode "
-          f"{s['half_trained_episode']}; prompt = its last {s['prompt_episodes']} episodes, "
-          f"mean return {s['prompt_mean_return']:.2f}")
+          f"{s['half_trained_episode']}; prompt = its last {s['prompt_steps']} steps before it "
+          f"({s['prompt_episodes']:.1f} whole episodes, mean return {s['prompt_mean_return']:.2f})")
     print(f"{'':22s}{'ep 1-5':>9s}{'last 10':>9s}{'gain':>8s}{'z':>7s}")
     for k, v in s.items():
         if isinstance(v, dict):

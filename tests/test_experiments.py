@@ -83,6 +83,27 @@ def test_half_trained_episode_and_improvement_by_hand():
     np.testing.assert_array_equal(per_task(curve, 4, 2), [[(0 + 1 + 4 + 5) / 4], [(2 + 3 + 6 + 7) / 4]])
 
 
+def test_prompt_windows_with_varying_episode_lengths_by_hand():
+    from experiments.prompting import episode_starts, steps_before
+    from source_agents.history import LearningHistory
+
+    done = np.zeros((2, 10), bool)
+    done[0, [1, 4, 8]] = True  # row 0: episodes of 2, 3, 4 steps
+    done[1, [2, 3, 6]] = True  # row 1: 3, 1, 3 steps
+    np.testing.assert_array_equal(episode_starts(done, 4), [[0, 2, 5, 9], [0, 3, 4, 7]])
+    with pytest.raises(ValueError, match="row 0 has only 3"):
+        episode_starts(done, 5)
+    step = np.tile(np.arange(10), (2, 1))
+    h = LearningHistory(obs=np.stack([step, step], -1), action=step, reward=step * 0.5,
+                        terminated=done, truncated=np.zeros_like(done))
+    out = steps_before(h, np.array([5, 7]), 3)  # the 3 steps before episode 2 of each row
+    np.testing.assert_array_equal(out.action, [[2, 3, 4], [4, 5, 6]])
+    np.testing.assert_array_equal(out.obs[1, :, 0], [4, 5, 6])
+    np.testing.assert_array_equal(out.terminated, [[False, False, True], [False, False, True]])
+    with pytest.raises(ValueError, match="fewer than 6"):
+        steps_before(h, np.array([5, 7]), 6)
+
+
 def test_tiny_prompting_check_writes_results(tmp_path):
     from experiments.prompting import run_prompting
 
