@@ -132,16 +132,16 @@ def policy_rollout(env, tasks: PyTree, key: jax.Array, num_steps: int, policy) -
 
 
 def source_learning(source, config, env, tasks: PyTree, key: jax.Array,
-                    num_episodes: int) -> tuple[LearningHistory, np.ndarray]:
+                    num_episodes: int | None = None) -> tuple[LearningHistory, np.ndarray]:
     """The source algorithm learning every task of ``tasks`` from scratch (one history
-    each, ``jit(vmap)``-ed), and its ``(N, E)`` per-episode returns, ``E`` = the smaller of
-    ``num_episodes`` and the fewest episodes any history completed."""
+    each, ``jit(vmap)``-ed), and its ``(N, E)`` per-episode returns, ``E`` = the fewest
+    episodes any history completed (at most ``num_episodes`` when given)."""
     n = jax.tree.leaves(tasks)[0].shape[0]
     train = jax.jit(jax.vmap(source.make_train(env, config)))
     history = train(jax.random.split(key, n), tasks)
     done = jnp.logical_or(history.terminated, history.truncated)
     available = int(np.asarray(done).sum(-1).min())
-    return history, episode_curve(history, min(num_episodes, available))
+    return history, episode_curve(history, min(num_episodes or available, available))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,21 +204,6 @@ def eval_tasks(env, split: str, num_tasks: int, key: jax.Array) -> PyTree:
         keep = jnp.sort(jax.random.choice(key, n, (num_tasks,), replace=False))
         return jax.tree.map(lambda x: x[keep], tasks)
     return jax.vmap(lambda k: env.sample_params(k, split))(jax.random.split(key, num_tasks))
-
-
-def source_curve(env, source_name: str, source_config, tasks: PyTree, key: jax.Array,
-                 num_episodes: int) -> np.ndarray:
-    """The source algorithm learning from scratch on each task: (N, num_episodes) returns."""
-    import source_agents
-
-    source = source_agents.get(source_name)
-    cfg = dataclasses.replace(source_config,
-                              num_steps=max(source_config.num_steps,
-                                            num_episodes * env.max_episode_steps))
-    n = jax.tree.leaves(tasks)[0].shape[0]
-    train = jax.jit(jax.vmap(source.make_train(env, cfg)))
-    history = train(jax.random.split(key, n), tasks)
-    return episode_curve(history, num_episodes)
 
 
 # ----------------------------------------------------------------------------------------

@@ -35,7 +35,6 @@ import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import envs
@@ -121,11 +120,10 @@ def run_prompting(setting: Setting | str, seeds=(0,), with_ed: bool = True, runs
     source = source_agents.get(setting.source)
     source_config = source_agents.make_config(source, setting.env, **setting.source_overrides)
     n = jax.tree.leaves(tasks)[0].shape[0]
-    history = jax.jit(jax.vmap(source.make_train(env, source_config)))(
-        jax.random.split(jax.random.fold_in(key, 1), n), tasks)
+    history, source_curve = ev.source_learning(source, source_config, env, tasks,
+                                               jax.random.fold_in(key, 1))
     done = np.asarray(history.terminated | history.truncated)
-    num_episodes = int(done.sum(1).min())
-    source_curve = ev.episode_curve(history, num_episodes)
+    num_episodes = source_curve.shape[1]
     e = half_trained_episode(source_curve, optimum)
     starts = episode_starts(done, min(e + 1, num_episodes))
     receptive = cfg.num_layers * cfg.context  # steps: the cache can use no more
