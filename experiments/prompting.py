@@ -7,7 +7,9 @@ that first, with ``--ed`` for ED) and, on held-out tasks:
 
 1. the source algorithm learns from scratch on each task (its full budget);
 2. the *half-trained* point is the first episode ``e`` at which the source's mean return
-   over tasks (smoothed over 10 episodes) reaches half the optimum;
+   over tasks (smoothed over 10 episodes) reaches half the optimum (``--level 0.5``, the
+   paper's; ``--level 0.9`` prompts with a nearly trained source instead: does a model
+   hold a level its context shows?);
 3. each model's KV cache is teacher-forced with that task's own source episodes
    ``e − P … e − 1``, the last ``P`` episodes before the half-trained point, where ``P``
    covers the model's receptive field (``num_layers · context`` steps; for varying
@@ -20,7 +22,7 @@ that improves and is expected not to. Both are also shown without a prompt, besi
 source's own continuation from episode ``e`` (what it does next with gradient updates).
 
 Writes ``<out>/<setting>/prompting.json`` (curves, summary, provenance) and
-``prompting.png``. Episodes of varying length (Key-to-Door ends at the door): the
+``prompting.png`` (``prompting-level<L>.{json,png}`` at another level). Episodes of varying length (Key-to-Door ends at the door): the
 prompt is then the last ``num_layers · context`` steps before the half-trained episode,
 whose first step may fall mid-episode (fed as a stream start, at the edge of the
 receptive field); the summary counts the whole episodes it holds.
@@ -47,14 +49,18 @@ from experiments.settings import SETTINGS, Setting, get_setting
 from source_agents.history import LearningHistory
 
 
-def half_trained_episode(source_curve: np.ndarray, optimum: float, smooth: int = 10) -> int:
-    """First episode (0-based) whose smoothed mean return reaches half the optimum."""
+def trained_episode(source_curve: np.ndarray, optimum: float, level: float = 0.5,
+                    smooth: int = 10) -> int:
+    """First episode (0-based) whose smoothed mean return reaches ``level`` × the optimum."""
+    if not 0 < level <= 1:
+        raise ValueError(f"level must be in (0, 1], got {level}")
     mean = source_curve.mean(0)
     smoothed = np.convolve(mean, np.ones(smooth) / smooth, mode="valid")  # [i] = mean of i..i+smooth-1
-    hits = np.flatnonzero(smoothed >= 0.5 * optimum)
+    hits = np.flatnonzero(smoothed >= level * optimum)
     if not len(hits):
-        raise ValueError(f"the source never reaches half the optimum ({0.5 * optimum:.3f}); "
-                         f"its best smoothed mean return is {smoothed.max():.3f}")
+        raise ValueError(f"the source never reaches {level:g} of the optimum "
+                         f"({level * optimum:.3f}); its best smoothed mean return is "
+                         f"{smoothed.max():.3f}")
     return int(hits[0] + smooth // 2)
 
 
@@ -100,7 +106,8 @@ def improvement(curve: np.ndarray, first=(0, 5), last=(-10, None)) -> dict:
 
 
 def run_prompting(setting: Setting | str, seeds=(0,), with_ed: bool = True, runs_root="runs",
-                  out_root="results", episodes: int = 50, seed: int = 4321) -> dict:
+                  out_root="results", episodes: int = 50, seed: int = 4321,
+                  level: float = 0.5) -> dict:
     """Prompt the trained models of ``setting`` on held-out tasks (module docstring)."""
     setting = get_setting(setting) if isinstance(setting, str) else setting
     env = envs.make(setting.env, **setting.env_overrides)
@@ -124,7 +131,7 @@ def run_prompting(setting: Setting | str, seeds=(0,), with_ed: bool = True, runs
                                                jax.random.fold_in(key, 1))
     done = np.asarray(history.terminated | history.truncated)
     num_episodes = source_curve.shape[1]
-    e = half_trained_episode(source_curve, optimum)
+    e = trained_episode(source_curve, optimum, level)
     starts = episode_starts(done, min(e + 1, num_episodes))
     receptive = cfg.num_layers * cfg.context  # steps: the cache can use no more
     fixed = bool((np.diff(np.flatnonzero(done[0])) == horizon).all())
@@ -150,7 +157,7 @@ def run_prompting(setting: Setting | str, seeds=(0,), with_ed: bool = True, runs
     curves["source (continues)"] = source_curve[:, e:e + episodes]
     prompt_level = float(source_curve[:, :e][in_prompt].mean())
 
-    summary = {"optimal_mean_return": optimum, "half_trained_episode": e + 1,
+    summary = {"optimal_mean_return": optimum, "level": level, "prompt_episode": e + 1,
                "prompt_steps": prompt_steps, "prompt_episodes": prompt_episodes,
                "prompt_mean_return": prompt_level,
                "rows": n * len(seeds), "tasks": n // rollouts,
@@ -163,24 +170,30 @@ def run_prompting(setting: Setting | str, seeds=(0,), with_ed: bool = True, runs
                              "style": {"color": "tab:orange", "ls": "-.", "lw": 1.0}}
     panel["optimal"] = {"mean": np.full(episodes, optimum), "ci": None}
     out_dir = Path(out_root) / setting.name
-    plot_curves({"held-out tasks": panel}, out_dir / "prompting.png",
+    stem = output_stem(level)
+    plot_curves({"held-out tasks": panel}, out_dir / f"{stem}.png",
                 title=f"{setting.name}: prompted with the source's last {prompt_steps} steps "
-                      f"before episode {e + 1} (half-trained)")
+                      f"before episode {e + 1} (at {level:g} of the optimum)")
     record = {"setting": setting.name, "seeds": list(seeds), "episodes": episodes,
               "summary": summary,
               "curves": {k: {"mean": ev.mean_and_ci(v)[0].tolist(), "ci95": ev.mean_and_ci(v)[1].tolist()}
                          for k, v in curves.items()},
               **provenance()}
-    atomic_write_text(out_dir / "prompting.json", json.dumps(record, indent=1))
+    atomic_write_text(out_dir / f"{stem}.json", json.dumps(record, indent=1))
     return record
+
+
+def output_stem(level: float) -> str:
+    """``prompting`` at the paper's level 0.5, else ``prompting-level<level>``."""
+    return "prompting" if level == 0.5 else f"prompting-level{level:g}"
 
 
 def print_summary(record: dict) -> None:
     s = record["summary"]
     print(f"\n=== {record['setting']}: prompting check (held-out, {s['rows']} rollouts per model "
           f"on {s['tasks']} tasks; SE across tasks) ===")
-    print(f"source reaches half the optimum ({s['optimal_mean_return']:.2f}) at episode "
-          f"{s['half_trained_episode']}; prompt = its last {s['prompt_steps']} steps before it "
+    print(f"source reaches {s['level']:g} of the optimum ({s['optimal_mean_return']:.2f}) at "
+          f"episode {s['prompt_episode']}; prompt = its last {s['prompt_steps']} steps before it "
           f"({s['prompt_episodes']:.1f} whole episodes, mean return {s['prompt_mean_return']:.2f})")
     print(f"{'':22s}{'ep 1-5':>9s}{'last 10':>9s}{'gain':>8s}{'z':>7s}")
     for k, v in s.items():
@@ -196,13 +209,20 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default: 0)")
     p.add_argument("--ed", action="store_true", help="also prompt the ED models (run experiments.run --ed first)")
     p.add_argument("--episodes", type=int, default=50, help="episodes after the prompt (default: 50)")
+    p.add_argument("--level", type=float, default=0.5,
+                   help="prompt with the source's episodes before it first reaches this fraction "
+                        "of the optimum (default: 0.5, half-trained, as in the paper)")
     p.add_argument("--runs", default="runs", help="root of the trained models (default: runs)")
     p.add_argument("--out", default="results", help="root of prompting.json / .png (default: results)")
     args = p.parse_args(argv)
+    if not 0 < args.level <= 1:
+        p.error(f"--level must be in (0, 1], got {args.level}")
     reexec_with_hugepage_malloc()
-    record = run_prompting(args.setting, tuple(args.seeds), args.ed, args.runs, args.out, args.episodes)
+    record = run_prompting(args.setting, tuple(args.seeds), args.ed, args.runs, args.out,
+                           args.episodes, level=args.level)
     print_summary(record)
-    print(f"wrote {Path(args.out) / args.setting / 'prompting.json'} and prompting.png")
+    stem = output_stem(args.level)
+    print(f"wrote {Path(args.out) / args.setting / stem}.json and {stem}.png")
     return 0
 
 

@@ -66,14 +66,19 @@ def test_tiny_bandit_pipeline_writes_results(tmp_path):
     assert before == after
 
 
-def test_half_trained_episode_and_improvement_by_hand():
-    from experiments.prompting import half_trained_episode, improvement, per_task
+def test_trained_episode_and_improvement_by_hand():
+    from experiments.prompting import improvement, output_stem, per_task, trained_episode
 
     curve = np.tile(np.arange(30, dtype=float), (3, 1))  # returns 0, 1, ..., 29
     # smoothed over 4 episodes: (i + i+1 + i+2 + i+3)/4 = i + 1.5 >= 10 first at i = 9 -> 9 + 2
-    assert half_trained_episode(curve, optimum=20.0, smooth=4) == 11
-    with pytest.raises(ValueError, match="never reaches half"):
-        half_trained_episode(curve, optimum=100.0)
+    assert trained_episode(curve, optimum=20.0, smooth=4) == 11
+    # level 0.9: i + 1.5 >= 18 first at i = 17 -> 17 + 2
+    assert trained_episode(curve, optimum=20.0, level=0.9, smooth=4) == 19
+    with pytest.raises(ValueError, match="never reaches 0.5 of the optimum"):
+        trained_episode(curve, optimum=100.0)
+    with pytest.raises(ValueError, match="level must be in"):
+        trained_episode(curve, optimum=20.0, level=1.5)
+    assert output_stem(0.5) == "prompting" and output_stem(0.9) == "prompting-level0.9"
     rows = np.array([[0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 3, 2]], float)
     out = improvement(rows, first=(0, 2), last=(-2, None))
     assert out["first"] == 0.25 and out["last"] == 2.25 and out["gain"] == 2.0
