@@ -189,6 +189,19 @@ _add(dataclasses.replace(SETTINGS["key-to-door-mlp"], name="key-to-door-mlp-s24"
                          subsample_every=24, subsample_steps=512))
 
 
+# Diagnostic, not a learning source: Key-to-Door histories of a hand-written in-context
+# learner (source_agents.memory) that explores at random until rewarded and then walks to
+# the cells its own history showed it (key, then door; uniform action w.p. 0.1), so
+# every act follows from the history a model sees. Same model as the best PPO attempt
+# (previous observation in every token). Does AD reach its source when nothing in the
+# data needs knowledge the context lacks? Histories of 10,000 steps (the evaluation's
+# source curve needs 200 episodes), cropped to their first 4,096 for training.
+_add(dataclasses.replace(
+    SETTINGS["key-to-door"], name="key-to-door-memory", source="memory",
+    source_overrides=dict(num_steps=10_000, epsilon=0.1), subsample_every=1,
+    subsample_steps=4096, distill={**SETTINGS["key-to-door"].distill, "prev_obs_token": True}))
+
+
 def get_setting(name: str) -> Setting:
     if name not in SETTINGS:
         raise ValueError(f"unknown setting {name!r}; available: {', '.join(SETTINGS)}")

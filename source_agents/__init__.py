@@ -23,6 +23,7 @@ SOURCES = {
     "egreedy": "source_agents.bandits:egreedy",
     "random": "source_agents.bandits:random",
     "noise": "source_agents.noise",
+    "memory": "source_agents.memory",
 }
 
 
