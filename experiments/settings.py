@@ -202,6 +202,14 @@ _add(dataclasses.replace(
     subsample_steps=4096, distill={**SETTINGS["key-to-door"].distill, "prev_obs_token": True}))
 
 
+# The same source, histories cropped to their first 1,024 steps (~10 exploring episodes,
+# then exploitation). In key-to-door-memory the moment a cell is first found and then
+# reused lies in ~5% of the training windows, so the model rarely sees "one reward in
+# context -> go back there"; here it lies in far more of them.
+_add(dataclasses.replace(SETTINGS["key-to-door-memory"], name="key-to-door-memory-early",
+                         subsample_steps=1024))
+
+
 def get_setting(name: str) -> Setting:
     if name not in SETTINGS:
         raise ValueError(f"unknown setting {name!r}; available: {', '.join(SETTINGS)}")
