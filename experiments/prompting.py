@@ -172,7 +172,7 @@ def run_prompting(setting: Setting | str, seeds=(0,), with_ed: bool = True, runs
     out_dir = Path(out_root) / setting.name
     stem = output_stem(level)
     plot_curves({"held-out tasks": panel}, out_dir / f"{stem}.png",
-                title=f"{setting.name}: prompted with the source's last {prompt_steps} steps "
+                title=f"{setting.name}: prompted with the source's last {prompt_steps} steps\n"
                       f"before episode {e + 1} (at {level:g} of the optimum)")
     record = {"setting": setting.name, "seeds": list(seeds), "episodes": episodes,
               "summary": summary,

@@ -195,7 +195,9 @@ _add(dataclasses.replace(SETTINGS["key-to-door-mlp"], name="key-to-door-mlp-s24"
 # every act follows from the history a model sees. Same model as the best PPO attempt
 # (previous observation in every token). Does AD reach its source when nothing in the
 # data needs knowledge the context lacks? Histories of 10,000 steps (the evaluation's
-# source curve needs 200 episodes), cropped to their first 4,096 for training.
+# source curve needs 200 episodes), cropped to their first 4,096 for training. Result:
+# AD 1.27 by episode 200 vs its source's 2.00; it follows up a first success 39% of the
+# time where its data does 100% (README).
 _add(dataclasses.replace(
     SETTINGS["key-to-door"], name="key-to-door-memory", source="memory",
     source_overrides=dict(num_steps=10_000, epsilon=0.1), subsample_every=1,
@@ -204,8 +206,9 @@ _add(dataclasses.replace(
 
 # The same source, histories cropped to their first 1,024 steps (~10 exploring episodes,
 # then exploitation). In key-to-door-memory the moment a cell is first found and then
-# reused lies in ~5% of the training windows, so the model rarely sees "one reward in
-# context -> go back there"; here it lies in far more of them.
+# reused lies in 4.2% of the 200-step training windows, so the model rarely sees "one
+# success in context -> go back there"; here in 13.4%. Result: AD 1.42 by episode 50
+# (1.22 uncropped), still far from its source's 1.91 (README).
 _add(dataclasses.replace(SETTINGS["key-to-door-memory"], name="key-to-door-memory-early",
                          subsample_steps=1024))
 
