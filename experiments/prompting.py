@@ -22,10 +22,11 @@ that improves and is expected not to. Both are also shown without a prompt, besi
 source's own continuation from episode ``e`` (what it does next with gradient updates).
 
 Writes ``<out>/<setting>/prompting.json`` (curves, summary, provenance) and
-``prompting.png`` (``prompting-level<L>.{json,png}`` at another level). Episodes of varying length (Key-to-Door ends at the door): the
-prompt is then the last ``num_layers · context`` steps before the half-trained episode,
-whose first step may fall mid-episode (fed as a stream start, at the edge of the
-receptive field); the summary counts the whole episodes it holds.
+``prompting.png`` (``prompting-level<L>.{json,png}`` at another level). Episodes of
+varying length (Key-to-Door ends at the door): the prompt is then the last
+``num_layers · context`` steps before the half-trained episode, whose first step may fall
+mid-episode (fed as a stream start, at the edge of the receptive field); the summary
+counts the whole episodes it holds.
 """
 
 from __future__ import annotations

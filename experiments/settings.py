@@ -189,6 +189,14 @@ _add(dataclasses.replace(SETTINGS["key-to-door-mlp"], name="key-to-door-mlp-s24"
                          subsample_every=24, subsample_steps=512))
 
 
+# The MLP source's histories cropped to their first 800 kept steps (~100-150 PPO
+# episodes), so that its first successes and what follows them fill more of the training
+# windows (the lesson of key-to-door-memory-early, README); with the previous observation.
+_add(dataclasses.replace(
+    SETTINGS["key-to-door-mlp"], name="key-to-door-mlp-early", subsample_steps=800,
+    distill={**SETTINGS["key-to-door-mlp"].distill, "prev_obs_token": True}))
+
+
 # Diagnostic, not a learning source: Key-to-Door histories of a hand-written in-context
 # learner (source_agents.memory) that explores at random until rewarded and then walks to
 # the cells its own history showed it (key, then door; uniform action w.p. 0.1), so
