@@ -192,6 +192,8 @@ _add(dataclasses.replace(SETTINGS["key-to-door-mlp"], name="key-to-door-mlp-s24"
 # The MLP source's histories cropped to their first 800 kept steps (~100-150 PPO
 # episodes), so that its first successes and what follows them fill more of the training
 # windows (the lesson of key-to-door-memory-early, README); with the previous observation.
+# Result: AD 0.67 by episode 200, worse than uncropped (0.86): the crop also drops the
+# source's competent later behaviour.
 _add(dataclasses.replace(
     SETTINGS["key-to-door-mlp"], name="key-to-door-mlp-early", subsample_steps=800,
     distill={**SETTINGS["key-to-door-mlp"].distill, "prev_obs_token": True}))
