@@ -100,9 +100,10 @@ def make_train(env: Environment, config: Config):
             # the cell the step ended on (next_obs is already the next episode's start
             # when the step ended one, e.g. at Key-to-Door's door)
             cell = jnp.asarray(info["final_obs"], jnp.int32)
-            memory = remember(memory, collected, jnp.round(reward).astype(jnp.int32), cell)
+            paid = jnp.round(reward).astype(jnp.int32)  # whole rewards: subgoals reached
+            memory = remember(memory, collected, paid, cell)
             done = jnp.logical_or(terminated, truncated)
-            collected = jnp.where(done, 0, collected + jnp.round(reward).astype(jnp.int32))
+            collected = jnp.where(done, 0, collected + paid)
             record = LearningHistory(obs, action, reward, terminated, truncated)
             return (next_obs, state, memory, collected), record
 
