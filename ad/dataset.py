@@ -800,6 +800,13 @@ class Dataset:
             out[sel] = self._shard_arrays(s)[name][idx[sel] - self._shards[s]["start"]]
         return out
 
+    def step_table(self, name: str) -> np.ndarray:
+        """``(num_histories, num_steps)``: one step field (``action``, ``reward``,
+        ``terminated``, ``truncated``) of every history, read into memory."""
+        if name not in _STEP_FIELDS:
+            raise ValueError(f"{self.path}: step_table takes one of {_STEP_FIELDS}, got {name!r}")
+        return self._gather_rows(name, np.arange(self.num_histories))
+
     @functools.cached_property
     def num_episodes(self) -> np.ndarray:
         """(num_histories,) int32: completed episodes of the source in each history."""

@@ -3,7 +3,8 @@
 The model acts in a JAX env for ``num_episodes`` consecutive episodes of one task, with
 its own growing context: at every step it sees ``(obs[t], action[t-1], reward[t-1])``
 (and ``done[t-1]`` for models with ``episode_start_token``, ``obs[t-1]`` for models with
-``prev_obs_token``),
+``prev_obs_token``, the reward collected so far in the episode for models with
+``episode_return_token``),
 *samples* ``action[t]`` from its policy, and the env steps (auto-resetting into the next
 episode of the same task). Everything is one jitted ``lax.scan`` over steps, vmapped
 over tasks, with the rolling KV cache of ``ad.model.decode_step`` (exact: equal to a full
@@ -54,10 +55,20 @@ def _broadcast_obs(obs):
     return jax.tree.map(lambda o: jnp.asarray(o, jnp.int32)[:, None], obs)
 
 
-def _step_inputs(obs, prev_action, prev_reward, prev_done, prev_obs) -> StepInputs:
+def _step_inputs(obs, prev_action, prev_reward, prev_done, prev_obs,
+                 episode_return) -> StepInputs:
     """One step's model inputs (T = 1) from per-stream arrays of shape (N,)."""
     return StepInputs(_broadcast_obs(obs), prev_action[:, None], prev_reward[:, None],
-                      prev_done[:, None], _broadcast_obs(prev_obs))
+                      prev_done[:, None], _broadcast_obs(prev_obs), episode_return[:, None])
+
+
+def _after_step(action, reward, done, obs, episode_return):
+    """The ``prev`` record the next step reads: ``(action, reward, done, obs[t-1],
+    episode_return[t+1])``; the running return restarts at 0 after an episode ends."""
+    reward = jnp.asarray(reward, jnp.float32)
+    return (jnp.asarray(action, jnp.int32), reward, done,
+            jax.tree.map(lambda o: jnp.asarray(o, jnp.int32), obs),
+            jnp.where(done, 0.0, episode_return + reward))
 
 
 @partial(jax.jit, static_argnames=("config", "env", "num_steps", "temperature"))
@@ -74,18 +85,18 @@ def ad_rollout(params: PyTree, config: ModelConfig, env, tasks: PyTree, key: jax
     none_action = jnp.full((n,), config.num_actions, jnp.int32)
     reset_key, key = jax.random.split(key)
     obs, state = jax.vmap(env.reset)(jax.random.split(reset_key, n), tasks)
-    # (action[t-1], reward[t-1], done[t-1], obs[t-1]) of every stream; a stream starts an
-    # episode, and its obs[t-1] is never read (prev_action is "none")
+    # (action[t-1], reward[t-1], done[t-1], obs[t-1], episode_return[t]) of every stream;
+    # a stream starts an episode, and its obs[t-1] is never read (prev_action is "none")
     no_obs = jax.tree.map(lambda o: jnp.zeros(o.shape, jnp.int32), obs)
-    prev = (none_action, jnp.zeros((n,), jnp.float32), jnp.ones((n,), bool), no_obs)
+    zeros = jnp.zeros((n,), jnp.float32)
+    prev = (none_action, zeros, jnp.ones((n,), bool), no_obs, zeros)
 
     if prompt is not None:  # teacher-force a given context into the cache first
         def feed(carry, xs):
             cache, prev = carry
             obs, action, reward, done = xs
             _, cache = decode_step(params, config, cache, _step_inputs(obs, *prev))
-            prev = (action.astype(jnp.int32), reward.astype(jnp.float32), done,
-                    jax.tree.map(lambda o: jnp.asarray(o, jnp.int32), obs))
+            prev = _after_step(action, reward, done, obs, prev[-1])
             return (cache, prev), None
 
         xs = (jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), prompt.obs),
@@ -101,9 +112,7 @@ def ad_rollout(params: PyTree, config: ModelConfig, env, tasks: PyTree, key: jax
         next_obs, state, reward, terminated, truncated, _ = jax.vmap(env.step)(
             jax.random.split(env_key, n), state, action, tasks)
         done = jnp.logical_or(terminated, truncated)
-        carry = (cache, next_obs, state,
-                 (action, reward.astype(jnp.float32), done,
-                  jax.tree.map(lambda o: jnp.asarray(o, jnp.int32), obs)))
+        carry = (cache, next_obs, state, _after_step(action, reward, done, obs, prev[-1]))
         return carry, Rollout(action, reward, done)
 
     carry = (cache, obs, state, prev)
@@ -211,10 +220,10 @@ def eval_tasks(env, split: str, num_tasks: int, key: jax.Array) -> PyTree:
 # ----------------------------------------------------------------------------------------
 @partial(jax.jit, static_argnames=("config", "temperature"))
 def _policy_step(params: PyTree, config: ModelConfig, cache, obs, prev_action, prev_reward,
-                 prev_done, prev_obs, step_key, temperature: float = 1.0):
+                 prev_done, prev_obs, episode_return, step_key, temperature: float = 1.0):
     """One step of ``ad_rollout``'s loop body for a batch of one: sample, update the cache."""
     act_key, _ = jax.random.split(step_key)  # the second half is ad_rollout's env key
-    step = _step_inputs(obs, prev_action, prev_reward, prev_done, prev_obs)
+    step = _step_inputs(obs, prev_action, prev_reward, prev_done, prev_obs, episode_return)
     logits, cache = decode_step(params, config, cache, step)
     action = jax.random.categorical(act_key, logits / temperature).astype(jnp.int32)
     return action, cache
@@ -263,6 +272,7 @@ def gym_rollout(params: PyTree, config: ModelConfig, gym_env, reset_seed: int | 
     prev_reward = jnp.zeros((1,), jnp.float32)
     prev_done = jnp.ones((1,), bool)
     prev_obs = None  # set at the first step (never read there: prev_action is "none")
+    episode_return = jnp.zeros((1,), jnp.float32)  # reward so far in this episode
     actions, rewards, dones = [], [], []
     t = 0
     for _ in range(num_episodes):
@@ -279,8 +289,8 @@ def gym_rollout(params: PyTree, config: ModelConfig, gym_env, reset_seed: int | 
             if prev_obs is None:
                 prev_obs = jax.tree.map(np.zeros_like, model_obs)
             action, cache = _policy_step(params, config, cache, model_obs, prev_action,
-                                         prev_reward, prev_done, prev_obs, step_keys[t],
-                                         temperature)
+                                         prev_reward, prev_done, prev_obs, episode_return,
+                                         step_keys[t], temperature)
             a = int(action[0])
             obs, reward, terminated, truncated, _ = gym_env.step(a)
             done = bool(terminated or truncated)
@@ -288,6 +298,8 @@ def gym_rollout(params: PyTree, config: ModelConfig, gym_env, reset_seed: int | 
             prev_reward = jnp.asarray([reward], jnp.float32)
             prev_done = jnp.asarray([done])
             prev_obs = model_obs
+            episode_return = (jnp.zeros((1,), jnp.float32) if done
+                              else episode_return + jnp.float32(reward))
             actions.append(a)
             rewards.append(float(reward))
             dones.append(done)

@@ -134,6 +134,8 @@ class ModelConfig:
     #   done[t-1]); False keeps the paper's (o, a, r) inputs only
     prev_obs_token: bool = False  # add E'_obs(prev_obs[t] = obs[t-1]) to every step token
     #   ("step" layout only; zero where prev_action is "none", i.e. at stream starts)
+    episode_return_token: bool = False  # add E_ret(episode_return[t]): reward collected so
+    #   far in the current episode ("step" layout only)
     attention_impl: str = "auto"  # "dense": (N, N) masked scores; "blocked": query blocks of
     #   c steps attend to their own and the previous block only (2/3 of the work at T=3c,
     #   less for longer windows); "auto": blocked when the window spans >= 3 blocks
@@ -169,6 +171,9 @@ class ModelConfig:
                                                or self.obs_shape[2] != 3):
             raise ValueError(f"ModelConfig.obs_encoder='minigrid' needs obs_shape (V, V, 3) "
                              f"(the image), got {self.obs_shape}")
+        if self.episode_return_token and self.token_layout != "step":
+            raise ValueError("ModelConfig.episode_return_token needs token_layout='step' (in "
+                             "'oar' the running return would be one more token kind)")
         if self.prev_obs_token and self.token_layout != "step":
             raise ValueError("ModelConfig.prev_obs_token needs token_layout='step' (in 'oar' "
                              "the previous observation is already a token of its own)")
@@ -250,12 +255,38 @@ class StepInputs(NamedTuple):
     # only by models with ModelConfig.prev_obs_token, which ignore it where prev_action is
     # "none" (any value will do there); None where no one needs it.
     prev_obs: PyTree | None = None
+    # (B, T) float32: reward collected in the current episode before step t (0 at an
+    # episode start). Read only by models with ModelConfig.episode_return_token.
+    episode_return: jax.Array | None = None
+
+
+def running_episode_return(reward: np.ndarray, episode_start: np.ndarray,
+                           before: np.ndarray | float = 0.0) -> np.ndarray:
+    """``episode_return[t]``: the sum of ``reward[s]`` over the steps ``s < t`` of the
+    episode step ``t`` belongs to (0 where ``episode_start[t]``).
+
+    Arrays ``(..., T)``; ``before`` ``(...)`` is the value at the first step when that
+    step does not start an episode (a window that starts mid-episode). NumPy, float64
+    sums (exact for the integer rewards of the grid tasks), returned as float32.
+    """
+    reward = np.asarray(reward, np.float64)
+    start = np.asarray(episode_start, bool)
+    T = reward.shape[-1]
+    # exclusive prefix sums: total[t] = sum of reward[:t] (+ before)
+    total = np.concatenate([np.zeros(reward.shape[:-1] + (1,)), np.cumsum(reward, -1)[..., :-1]],
+                           axis=-1) + np.asarray(before, np.float64)[..., None]
+    # at each step, the index of the latest episode start at or before it (-1: none in view)
+    last = np.maximum.accumulate(np.where(start, np.arange(T), -1), axis=-1)
+    at_last = np.take_along_axis(total, np.maximum(last, 0), axis=-1)
+    base = np.where(last >= 0, at_last, 0.0)
+    return (total - base).astype(np.float32)
 
 
 def step_inputs_from_history(obs, action, reward, *, num_actions: int, stream_start=True,
                              action_before=None, reward_before=None, done=None,
                              done_before=None, with_prev_obs=False,
-                             obs_before=None) -> StepInputs:
+                             obs_before=None, with_episode_return=False,
+                             return_before=None) -> StepInputs:
     """Build ``StepInputs`` from a window ``obs/action/reward`` of a history.
 
     Arrays have leading dims ``(..., T)`` (``obs`` leaves ``(..., T, *shape)``).
@@ -276,6 +307,9 @@ def step_inputs_from_history(obs, action, reward, *, num_actions: int, stream_st
     - ``with_prev_obs``: also fill ``prev_obs[t] = obs[t-1]`` (``obs_before``, leaves
       ``(..., *shape)``, for the first step of a window that starts mid-stream; zeros
       where the window starts its stream, and where ``obs_before`` is not given).
+    - ``with_episode_return`` (needs ``done``): also fill ``episode_return``
+      (``running_episode_return``; ``return_before`` ``(...)``: its value at the first
+      step of a window that starts mid-episode, default 0). NumPy inputs.
     """
     action = jnp.asarray(action, jnp.int32)
     reward = jnp.asarray(reward, jnp.float32)
@@ -327,8 +361,16 @@ def step_inputs_from_history(obs, action, reward, *, num_actions: int, stream_st
             return jnp.concatenate([before, rest], axis=axis)
 
         prev_obs = jax.tree.map(shift, obs, obs_before)
+    episode_return = None
+    if with_episode_return:
+        if episode_start is None:
+            raise ValueError("step_inputs_from_history: with_episode_return needs done")
+        episode_return = jnp.asarray(running_episode_return(
+            np.asarray(reward), np.asarray(episode_start),
+            0.0 if return_before is None else np.asarray(return_before)))
     return StepInputs(obs=obs, prev_action=prev_action, prev_reward=prev_reward,
-                      episode_start=episode_start, prev_obs=prev_obs)
+                      episode_start=episode_start, prev_obs=prev_obs,
+                      episode_return=episode_return)
 
 
 def dummy_inputs(config: ModelConfig, batch_size: int = 1, num_steps: int = 1) -> StepInputs:
@@ -344,7 +386,9 @@ def dummy_inputs(config: ModelConfig, batch_size: int = 1, num_steps: int = 1) -
                       episode_start=(jnp.ones((B, T), bool) if config.episode_start_token
                                      else None),
                       prev_obs=(jax.tree.map(jnp.zeros_like, obs) if config.prev_obs_token
-                                else None))
+                                else None),
+                      episode_return=(jnp.zeros((B, T), jnp.float32)
+                                      if config.episode_return_token else None))
 
 
 # ----------------------------------------------------------------------------------------
@@ -748,6 +792,8 @@ class ADTransformer(nn.Module):
             self.start_embed = self.param("start_embed", init, (cfg.d_model,))
         if cfg.prev_obs_token:
             self.prev_obs_embed = ObsEncoder(cfg)
+        if cfg.episode_return_token:
+            self.return_embed = nn.Dense(cfg.d_model, kernel_init=init)  # g * w + b
         self.blocks = [Block(cfg) for _ in range(cfg.num_layers)]
         self.ln_final = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32)
         self.head = nn.Dense(cfg.num_actions, kernel_init=init, dtype=jnp.float32)
@@ -775,6 +821,11 @@ class ADTransformer(nn.Module):
                                  "(obs[t-1], leaves (B, T, *obs_shape))")
             known = (inputs.prev_action != cfg.num_actions)[..., None]
             o = o + jnp.where(known, self.prev_obs_embed(inputs.prev_obs), 0.0)
+        if cfg.episode_return_token:
+            if inputs.episode_return is None:
+                raise ValueError("ModelConfig.episode_return_token=True needs "
+                                 "StepInputs.episode_return (B, T) float32")
+            o = o + self.return_embed(inputs.episode_return.astype(jnp.float32)[..., None])
         if cfg.token_layout == "step":
             x = o + a + r
         else:  # (a_{t-1}, r_{t-1}, o_t) per step

@@ -45,7 +45,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from ad.dataset import Dataset, load_dataset
-from ad.model import ADTransformer, ModelConfig, StepInputs, init_params
+from ad.model import ADTransformer, ModelConfig, StepInputs, init_params, running_episode_return
 from ad.train_step import Batch, TrainState, init_train_state, make_optimizer, make_train_step
 from ad.utils import atomic_write_bytes, atomic_write_text, provenance
 
@@ -77,6 +77,8 @@ class DistillConfig:
     obs_encoder: str = ""  # "" picks the env's default ("cell" for grid cells)
     episode_start_token: bool = False  # tell the model which steps start an episode
     prev_obs_token: bool = False  # also give each step obs[t-1] (ModelConfig.prev_obs_token)
+    episode_return_token: bool = False  # and the reward so far in its episode
+    #   (ModelConfig.episode_return_token)
     dtype: str = "float32"  # "bfloat16" compute on accelerators
     # ---- optimisation ---------------------------------------------------------------------
     batch_size: int = 128  # windows per step, split over all devices
@@ -118,7 +120,8 @@ def model_config_for(config: DistillConfig, env) -> ModelConfig:
         mlp_dim=config.mlp_dim, dropout=config.dropout, attn_dropout=config.attn_dropout,
         token_mask_prob=config.token_mask_prob, context=config.context,
         token_layout=config.token_layout, positions=config.positions, dtype=config.dtype,
-        episode_start_token=config.episode_start_token, prev_obs_token=config.prev_obs_token)
+        episode_start_token=config.episode_start_token, prev_obs_token=config.prev_obs_token,
+        episode_return_token=config.episode_return_token)
     if config.obs_encoder:
         overrides["obs_encoder"] = config.obs_encoder
     return ModelConfig.for_env(env, **overrides)
@@ -133,11 +136,15 @@ class WindowSampler:
     A window is ``T`` consecutive steps of one history. To build ``prev_action`` /
     ``prev_reward`` for its first step it reads the step before it; a window that starts
     at step 0 starts its stream and gets the "none" action and reward 0 (DESIGN.md).
-    With ``prev_obs`` the batches also carry ``obs[t-1]`` (``ModelConfig.prev_obs_token``).
+    With ``prev_obs`` the batches also carry ``obs[t-1]`` (``ModelConfig.prev_obs_token``);
+    with ``episode_return`` the reward so far in each step's episode
+    (``ModelConfig.episode_return_token``), read from a table of every history computed
+    once, so that windows starting mid-episode get it right too.
     """
 
     def __init__(self, dataset: Dataset, window: int, batch_size: int, seed: int,
-                 num_actions: int, last_steps: int = 0, prev_obs: bool = False):
+                 num_actions: int, last_steps: int = 0, prev_obs: bool = False,
+                 episode_return: bool = False):
         T, n = window, dataset.num_steps
         if n < T:
             raise ValueError(f"{dataset.path}: histories have {n} steps, too short for "
@@ -146,6 +153,11 @@ class WindowSampler:
         self.num_actions, self.prev_obs = num_actions, prev_obs
         self.lo = 0 if last_steps <= 0 else max(0, n - max(last_steps, T))
         self.hi = n - T  # inclusive upper bound of a window start
+        self.returns = None
+        if episode_return:  # (histories, steps) float32: running_episode_return per history
+            done = dataset.step_table("terminated") | dataset.step_table("truncated")
+            start = np.concatenate([np.ones((len(done), 1), bool), done[:, :-1]], axis=1)
+            self.returns = running_episode_return(dataset.step_table("reward"), start)
 
     def indices(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([self.seed, step])
@@ -182,11 +194,14 @@ class WindowSampler:
         prev_action[at_stream_start, 0] = self.num_actions  # the "none" action token
         prev_reward[at_stream_start, 0] = 0.0
         episode_start[at_stream_start, 0] = True
+        episode_return = None
+        if self.returns is not None:
+            episode_return = self.returns[history[:, None], start[:, None] + np.arange(self.T)]
         inputs = StepInputs(obs=jax.tree.map(lambda o: o.astype(np.int32), obs),
                             prev_action=prev_action.astype(np.int32),
                             prev_reward=prev_reward.astype(np.float32),
                             episode_start=episode_start,
-                            prev_obs=prev_obs)
+                            prev_obs=prev_obs, episode_return=episode_return)
         return Batch(inputs=inputs, target_action=action.astype(np.int32),
                      mask=np.ones(action.shape, np.float32))
 
@@ -397,7 +412,8 @@ def distill(config: DistillConfig, overwrite: bool = False) -> Path:
     train_step = parallel.step
     sampler = WindowSampler(dataset, config.window_steps, config.batch_size, config.seed,
                             model_config.num_actions, config.last_steps,
-                            prev_obs=model_config.prev_obs_token)
+                            prev_obs=model_config.prev_obs_token,
+                            episode_return=model_config.episode_return_token)
 
     metrics_path = run_dir / "metrics.jsonl"
     _truncate_metrics(metrics_path, start_step)

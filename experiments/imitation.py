@@ -44,7 +44,8 @@ def per_step_imitation(model: LoadedModel, obs, action, reward, done,
     inputs = step_inputs_from_history(jax.tree.map(lambda o: np.asarray(o, np.int32), obs),
                                       action, reward, num_actions=cfg.num_actions,
                                       stream_start=True, done=done,
-                                      with_prev_obs=cfg.prev_obs_token)
+                                      with_prev_obs=cfg.prev_obs_token,
+                                      with_episode_return=cfg.episode_return_token)
     logits = (forward or jax.jit(model.apply))(inputs)
     nll, correct, entropy = _scores(logits, action)
     return {"nll": np.asarray(nll), "correct": np.asarray(correct),

@@ -19,7 +19,7 @@ import pytest
 import envs
 from ad import evaluate as ev
 from ad.dataset import load_dataset
-from ad.model import ADTransformer, StepInputs
+from ad.model import ADTransformer, StepInputs, running_episode_return
 from ad.train import DistillConfig, WindowSampler, distill, latest_checkpoint, load_model
 from experiments.collect import CollectConfig, collect
 
@@ -74,6 +74,25 @@ def test_windows_align_inputs_and_targets(darkroom_data):
         np.testing.assert_array_equal(with_prev.inputs.prev_obs[b, 1:], h.obs[s:s + 7])
         if s > 0:
             np.testing.assert_array_equal(with_prev.inputs.prev_obs[b, 0], h.obs[s - 1])
+    # episode_return: the reward so far in the step's episode, by a plain loop over the
+    # whole history (windows that start mid-episode carry what came before them)
+    assert batch.inputs.episode_return is None
+    with_ret = WindowSampler(ds, window=8, batch_size=32, seed=3, num_actions=5,
+                             episode_return=True).batch(0)
+    np.testing.assert_array_equal(with_ret.target_action, batch.target_action)
+    mid_episode = 0
+    for b in range(32):
+        h, s = ds.history(int(hist[b])), int(start[b])
+        done = np.logical_or(h.terminated, h.truncated)
+        running, expected = 0.0, []
+        for t in range(s + 8):
+            if t > 0 and done[t - 1]:
+                running = 0.0
+            expected.append(running)
+            running += float(h.reward[t])
+        np.testing.assert_array_equal(with_ret.inputs.episode_return[b], expected[s:])
+        mid_episode += expected[s] > 0
+    assert mid_episode > 0  # some window starts after its episode has paid
 
 
 def test_stream_start_windows_are_sampled(darkroom_data):
@@ -170,7 +189,7 @@ def test_cached_rollout_matches_full_forward(darkroom_data, tmp_path, starts):
     """The actions sampled with the KV cache are those a full banded forward would sample."""
     m = load_model(distill(DistillConfig(dataset=str(darkroom_data), out=str(tmp_path / "kv"), num_steps=3,
                                          episode_start_token=starts, prev_obs_token=starts,
-                                         **TINY)))
+                                         episode_return_token=starts, **TINY)))
     env = m.env
     tasks = ev.repeat_tasks(env.tasks("test"), 1)
     key = jax.random.PRNGKey(5)
@@ -190,11 +209,42 @@ def test_cached_rollout_matches_full_forward(darkroom_data, tmp_path, starts):
     prev_r = jnp.concatenate([jnp.zeros((n, 1)), r.reward[:, :-1]], 1)
     first = jnp.concatenate([jnp.ones((n, 1), bool), r.done[:, :-1]], 1)  # 3 episodes
     prev_obs = jnp.concatenate([jnp.zeros((n, 1, 2), obs.dtype), obs[:, :-1]], 1)
+    episode_return = running_episode_return(np.asarray(r.reward), np.asarray(first))
     logits = ADTransformer(m.config).apply(
-        {"params": m.params}, StepInputs(obs, prev_a, prev_r, first, prev_obs), train=False)
+        {"params": m.params}, StepInputs(obs, prev_a, prev_r, first, prev_obs, episode_return),
+        train=False)
     act_keys = jax.vmap(lambda k: jax.random.split(k)[0])(step_keys)
     replay = jnp.stack([jax.random.categorical(act_keys[t], logits[:, t]) for t in range(S)], 1)
     np.testing.assert_array_equal(replay, r.action)
+
+
+def test_gym_rollout_carries_the_episode_return_like_ad_rollout():
+    """gym_rollout's plain loop builds the running episode return as ad_rollout's scan does:
+    same actions step by step, with a policy that leans hard on that input."""
+    import gymnasium
+
+    from ad.model import ModelConfig, init_params
+    from envs.darkroom import DarkRoomParams
+
+    env = envs.make("darkroom")
+    cfg = ModelConfig.for_env(env, d_model=16, num_layers=1, num_heads=2, mlp_dim=32, context=4,
+                              dropout=0.0, episode_start_token=True, prev_obs_token=True,
+                              episode_return_token=True)
+    params = init_params(cfg, jax.random.key(3))
+    # a head that leans to the no-op (action 0) so the agent often stays on the goal
+    params = dict(params, head=dict(kernel=params["head"]["kernel"] * 15.0,
+                                    bias=params["head"]["bias"].at[0].add(2.0)),
+                  return_embed=dict(params["return_embed"],
+                                    kernel=params["return_embed"]["kernel"] * 50.0))
+    task = DarkRoomParams(goal=jnp.asarray([env.start]))  # the goal is the start cell
+    gym_env = gymnasium.make(envs.GYM_IDS["darkroom"], task=jax.tree.map(lambda x: x[0], task))
+    key = jax.random.key(11)
+    jr = jax.tree.map(np.asarray, ev.ad_rollout(params, cfg, env, task, key, 3 * env.max_episode_steps))
+    gr = ev.gym_rollout(params, cfg, gym_env, None, key, 3)
+    np.testing.assert_array_equal(gr.action, jr.action[0])
+    np.testing.assert_array_equal(gr.reward, jr.reward[0])
+    episode_returns = jr.reward[0].reshape(3, -1).sum(1)
+    assert episode_returns.max() >= 2, episode_returns  # the running return exceeded 1
 
 
 def test_by_episode_window():

@@ -24,6 +24,7 @@ from ad.model import (
     init_recompute_buffer,
     recompute_step,
     run_with_cache,
+    running_episode_return,
     step_inputs_from_history,
 )
 
@@ -159,6 +160,27 @@ def test_step_inputs_from_history_by_hand():
                                    reward_before=jnp.array([7.0]), obs_before=jnp.array([[8, 6]]))
     np.testing.assert_array_equal(inp.prev_obs, [[[8, 6], [0, 1], [2, 3], [4, 5]]])
     assert step_inputs_from_history(obs, action, reward, num_actions=A).prev_obs is None
+    # Reward so far in the episode: 0 at an episode start, then the sum of the episode's
+    # earlier rewards; a mid-episode window starts from what came before it.
+    inp = step_inputs_from_history(obs, action, reward, num_actions=A, done=done,
+                                   with_episode_return=True)
+    np.testing.assert_allclose(inp.episode_return, [[0.0, 0.5, 0.0, 1.0]])
+    inp = step_inputs_from_history(obs, action, reward, num_actions=A, done=done,
+                                   stream_start=jnp.array([False]), action_before=jnp.array([2]),
+                                   reward_before=jnp.array([7.0]), done_before=jnp.array([False]),
+                                   with_episode_return=True, return_before=np.array([3.0]))
+    np.testing.assert_allclose(inp.episode_return, [[3.0, 3.5, 0.0, 1.0]])
+    assert step_inputs_from_history(obs, action, reward, num_actions=A).episode_return is None
+    with pytest.raises(ValueError, match="needs done"):
+        step_inputs_from_history(obs, action, reward, num_actions=A, with_episode_return=True)
+
+
+def test_running_episode_return_by_hand():
+    reward = np.array([[1, 0, 2, 1, 1, 0, 5], [0, 1, 1, 1, 0, 0, 1]], np.float32)
+    start = np.array([[1, 0, 0, 1, 0, 0, 1], [0, 0, 1, 0, 0, 0, 0]], bool)
+    got = running_episode_return(reward, start, before=np.array([0.0, 4.0]))
+    np.testing.assert_array_equal(got, [[0, 1, 1, 0, 1, 2, 0], [4, 4, 0, 1, 2, 2, 2]])
+    assert got.dtype == np.float32
 
 
 def with_episode_starts(inputs: StepInputs, seed: int) -> StepInputs:
@@ -186,6 +208,34 @@ def test_episode_start_token_is_read_only_when_configured():
                                   np.asarray(g(inp._replace(episode_start=moved))))
     with pytest.raises(ValueError, match="episode_start"):
         f(inp._replace(episode_start=None))
+
+
+def with_episode_return(inputs: StepInputs) -> StepInputs:
+    """The same inputs with the reward so far in each episode (needs episode_start)."""
+    prev_reward = np.asarray(inputs.prev_reward)
+    reward = np.concatenate([prev_reward[:, 1:], np.zeros_like(prev_reward[:, :1])], 1)
+    return inputs._replace(episode_return=running_episode_return(reward, inputs.episode_start))
+
+
+def test_episode_return_token_is_read_only_when_configured():
+    """With episode_return_token the running return changes the logits from that step on
+    (never before), without it it is ignored; a model that needs it says so."""
+    inp = with_episode_return(with_episode_starts(inputs_np(4, 2, 12), 0))
+    moved = np.array(inp.episode_return)
+    moved[:, 7] += 1.0
+    on = tiny(episode_return_token=True)
+    f = forward(on, params_for(on))
+    a, b = np.asarray(f(inp)), np.asarray(f(inp._replace(episode_return=moved)))
+    np.testing.assert_array_equal(a[:, :7], b[:, :7])
+    assert np.abs(a[:, 7] - b[:, 7]).max() > 1e-4
+    off = tiny()
+    g = forward(off, params_for(off))
+    np.testing.assert_array_equal(np.asarray(g(inp)),
+                                  np.asarray(g(inp._replace(episode_return=moved))))
+    with pytest.raises(ValueError, match="episode_return"):
+        f(inp._replace(episode_return=None))
+    with pytest.raises(ValueError, match="episode_return_token"):
+        tiny(episode_return_token=True, token_layout="oar")
 
 
 def with_prev_obs(inputs: StepInputs) -> StepInputs:
@@ -401,12 +451,13 @@ def _decode_all(params, cfg, inputs: StepInputs):
                          + [("step", "rope", True)])
 def test_kv_cache_decode_equals_full_banded_forward(layout, pos, starts):
     cfg = tiny(token_layout=layout, positions=pos, context=4, num_layers=3, d_model=32,
-               num_heads=4, mlp_dim=64, episode_start_token=starts, prev_obs_token=starts)
+               num_heads=4, mlp_dim=64, episode_start_token=starts, prev_obs_token=starts,
+               episode_return_token=starts)
     params = params_for(cfg)
     T = 40  # 10x the band
     inp = inputs_np(8, 3, T)
     if starts:
-        inp = with_prev_obs(with_episode_starts(inp, 8))
+        inp = with_episode_return(with_prev_obs(with_episode_starts(inp, 8)))
     full = forward(cfg, params)(inp)
     dec, cache = jax.jit(lambda p, i: _decode_all(p, cfg, i))(params, inp)
     assert int(cache.step) == T and int(cache.write_index) == T % cfg.context
