@@ -67,6 +67,33 @@ def retention_table(success: np.ndarray, valid: np.ndarray | None = None,
     return rows
 
 
+def first_success_split(success: np.ndarray, valid: np.ndarray | None = None) -> dict:
+    """Split the streak-0 bucket by what the context holds, and how tasks fare overall.
+
+    - ``discovery``: ``P(success | no success yet in this stream)``: finding it at all;
+    - ``recovery``: ``P(success | the last episode failed, an earlier one succeeded)``:
+      going back after a slip, with the success still somewhere in the context;
+    - ``ever``: the fraction of streams with at least one success;
+    - ``after_first``: the success rate over all episodes after a stream's first success.
+    Each is ``{"p", "episodes"}`` (``"streams"`` for ``ever``); ``p`` None when empty.
+    """
+    success = np.asarray(success, bool)
+    valid = np.ones(success.shape, bool) if valid is None else np.asarray(valid, bool)
+    success = success & valid
+    before = np.cumsum(success, axis=1) - success  # successes before each episode
+    last_failed = np.concatenate([np.ones((len(success), 1), bool), ~success[:, :-1]], axis=1)
+
+    def rate(sel):
+        n = int(sel.sum())
+        return {"p": float(success[sel].mean()) if n else None, "episodes": n}
+
+    ever = success.any(axis=1)
+    return {"discovery": rate(valid & (before == 0)),
+            "recovery": rate(valid & (before > 0) & last_failed),
+            "ever": {"p": float(ever.mean()) if len(ever) else None, "streams": int(len(ever))},
+            "after_first": rate(valid & (before > 0))}
+
+
 def _source_from_spec(spec):
     """The source and its Config as recorded in a dataset's spec (JSON lists -> tuples)."""
     source = resolve_source(spec.source)
@@ -93,6 +120,7 @@ def measure(run: str, tasks: int, episodes: int, frac: float, max_streak: int,
     ad_returns = ev.episode_curve(r, episodes)
     out["AD in context (held-out tasks)"] = dict(
         table=retention_table(ad_returns >= frac * optimum, max_streak=max_streak),
+        split=first_success_split(ad_returns >= frac * optimum),
         mean_return=float(ad_returns.mean()), rows=n, episodes=episodes)
 
     m = min(histories, dataset.num_histories)
@@ -104,6 +132,7 @@ def measure(run: str, tasks: int, episodes: int, frac: float, max_streak: int,
     out[f"source as distilled (training histories{f', every {every}th episode' if every > 1 else ''})"] = dict(
         table=retention_table(np.nan_to_num(stored) >= frac * opt_train[:, None], valid,
                               max_streak),
+        split=first_success_split(np.nan_to_num(stored) >= frac * opt_train[:, None], valid),
         mean_return=float(np.nanmean(stored)), rows=m, episodes=int(counts.max()))
 
     source, config = _source_from_spec(spec)
@@ -111,6 +140,7 @@ def measure(run: str, tasks: int, episodes: int, frac: float, max_streak: int,
                                         episodes)
     out["source from scratch (held-out tasks)"] = dict(
         table=retention_table(src_returns >= frac * optimum, max_streak=max_streak),
+        split=first_success_split(src_returns >= frac * optimum),
         mean_return=float(src_returns.mean()), rows=n, episodes=int(src_returns.shape[1]))
     return {"run": str(model.run_dir), "env": model.env_name, "dataset": str(model.dataset),
             "success": f"return >= {frac} x the task's optimal return", "curves": out}
@@ -175,6 +205,15 @@ def main(argv=None) -> int:
         s = result["curves"][labels[0]]["table"][i]
         print(f"{str(s['streak']) + ('+' if s['at_least'] else ''):>7s}"
               + "".join(f"{c:>30s}" for c in cells))
+    names = {"discovery": "P(success | none yet)", "recovery": "P(success | slipped after one)",
+             "ever": "streams with a success", "after_first": "success rate after the first"}
+    for name, text in names.items():
+        cells = []
+        for lab in labels:
+            r = result["curves"][lab]["split"][name]
+            n = r.get("episodes", r.get("streams"))
+            cells.append("-" if r["p"] is None else f"{r['p']:.2f} (n={n})")
+        print(f"{text:>30s}" + "".join(f"{c:>30s}" for c in cells))
     for lab in labels:
         print(f"mean return, {lab}: {result['curves'][lab]['mean_return']:.3f}")
     out = Path(args.out) if args.out else Path(result["run"]) / "retention.json"

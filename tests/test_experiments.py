@@ -226,6 +226,27 @@ def test_retention_table_by_hand():
     assert rows[3]["p_success"] is None
 
 
+def test_first_success_split_by_hand():
+    """Discovery (no success yet), recovery (after a slip, one success earlier), by hand."""
+    from experiments.retention import first_success_split
+
+    s = np.array([[0, 1, 1, 0, 1, 1, 1],
+                  [1, 1, 0, 0, 1, 0, 1],
+                  [0, 0, 0, 0, 0, 0, 0]], bool)
+    split = first_success_split(s)
+    # none yet: row 0 eps 0-1 (0, 1), row 1 ep 0 (1), row 2 all 7 (0) -> 2/10
+    assert split["discovery"] == {"p": 2 / 10, "episodes": 10}
+    # last failed, earlier success: row 0 ep 4 (1); row 1 eps 3, 4, 6 (0, 1, 1) -> 3/4
+    assert split["recovery"] == {"p": 3 / 4, "episodes": 4}
+    assert split["ever"] == {"p": 2 / 3, "streams": 3}
+    # after the first success: row 0 eps 2-6 (1, 0, 1, 1, 1), row 1 eps 1-6 (1,0,0,1,0,1)
+    assert split["after_first"] == {"p": 7 / 11, "episodes": 11}
+    # padded episodes count nowhere
+    split = first_success_split(np.ones((1, 4), bool), np.array([[1, 1, 0, 0]], bool))
+    assert split["after_first"] == {"p": 1.0, "episodes": 1}
+    assert split["recovery"] == {"p": None, "episodes": 0}
+
+
 def test_retention_cli_counts_every_episode(tiny_dark_run, tmp_path):
     """The CLI's three tables count every episode of its rollouts and stored histories once,
     and the stored histories' table is the hand-made one of their returns."""
@@ -256,3 +277,6 @@ def test_retention_cli_counts_every_episode(tiny_dark_run, tmp_path):
     assert sum(r["episodes"] for r in scratch["table"]) == scratch["rows"] * scratch["episodes"]
     assert all(0 <= r["p_success"] <= 1 for c in (ad, stored, scratch) for r in c["table"]
                if r["p_success"] is not None)
+    want_split = retention.first_success_split(returns >= 0.9 * opt[:, None],
+                                               np.arange(returns.shape[1]) < counts[:, None])
+    assert stored["split"] == want_split
