@@ -223,6 +223,14 @@ _add(dataclasses.replace(SETTINGS["key-to-door-memory"], name="key-to-door-memor
                          subsample_steps=1024))
 
 
+# The same agent, but each episode is a slip (random actions throughout, memory kept)
+# with probability 0.2. In key-to-door-memory-early's histories no episode after the first
+# success fails, and AD acting in context, once it slips, succeeds again only 0.09 of the
+# time (python -m experiments.retention): does it go back when its data shows it going back?
+_add(dataclasses.replace(SETTINGS["key-to-door-memory-early"], name="key-to-door-memory-slips",
+                         source_overrides=dict(num_steps=10_000, epsilon=0.1, slip_prob=0.2)))
+
+
 def get_setting(name: str) -> Setting:
     if name not in SETTINGS:
         raise ValueError(f"unknown setting {name!r}; available: {', '.join(SETTINGS)}")

@@ -76,9 +76,38 @@ def test_darkroom_reaches_the_optimum_after_finding_the_goal():
         np.testing.assert_allclose(r[first + 1:], opt)
 
 
+def test_slips_fail_some_episodes_after_a_success_and_the_next_go_back():
+    env = envs.make("darkroom")
+    tasks = env.tasks("test")
+    n = jax.tree.leaves(tasks)[0].shape[0]
+    keys = jax.random.split(jax.random.PRNGKey(2), n)
+    make = lambda **kw: jax.jit(jax.vmap(memory.make_train(env, memory.Config(
+        num_steps=4000, epsilon=0.0, **kw))))
+    # slip_prob = 0 is the plain agent, draw for draw
+    plain, no_slips = make()(keys, tasks), make(slip_prob=0.0)(keys, tasks)
+    np.testing.assert_array_equal(plain.action, no_slips.action)
+    histories = make(slip_prob=0.3)(keys, tasks)
+    optimum = np.asarray(jax.vmap(env.optimal_return)(tasks))
+    done = np.asarray(histories.terminated | histories.truncated)
+    returns = np.stack([source_agents.episode_returns(histories.reward[i], done[i])
+                        for i in range(n)])
+    failed, recovered, after_a_failure = 0, 0, 0
+    for r, opt in zip(returns, optimum):
+        first = int(np.argmax(r > 0))
+        later = r[first + 1:] == opt  # a random episode is hardly ever optimal
+        failed += int((~later).sum())
+        recovered += int((later[1:] & ~later[:-1]).sum())
+        after_a_failure += int((~later[:-1]).sum())
+    total = sum(len(r) - int(np.argmax(r > 0)) - 1 for r in returns)
+    assert 0.25 < failed / total < 0.35  # ~slip_prob of the episodes after the first success
+    assert 0.62 < recovered / after_a_failure < 0.78  # ~1 - slip_prob go back after one
+
+
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match="epsilon"):
         memory.Config(epsilon=1.5)
+    with pytest.raises(ValueError, match="slip_prob"):
+        memory.Config(slip_prob=-0.1)
     with pytest.raises(ValueError, match="num_steps"):
         memory.Config(num_steps=0)
     with pytest.raises(ValueError, match="bernoulli-bandit"):
