@@ -73,6 +73,8 @@ def first_success_split(success: np.ndarray, valid: np.ndarray | None = None) ->
     - ``discovery``: ``P(success | no success yet in this stream)``: finding it at all;
     - ``recovery``: ``P(success | the last episode failed, the one before it succeeded)``:
       going back after one slip, the success two episodes back in the context;
+    - ``recovery_any``: ``P(success | the last episode failed, some earlier one
+      succeeded)``: going back after any number of failures;
     - ``ever``: the fraction of streams with at least one success;
     - ``after_first``: the success rate over all episodes after a stream's first success.
     Each is ``{"p", "episodes"}`` (``"streams"`` for ``ever``); ``p`` None when empty.
@@ -81,6 +83,7 @@ def first_success_split(success: np.ndarray, valid: np.ndarray | None = None) ->
     valid = np.ones(success.shape, bool) if valid is None else np.asarray(valid, bool)
     success = success & valid
     before = np.cumsum(success, axis=1) - success  # successes before each episode
+    last_failed = np.concatenate([np.ones((len(success), 1), bool), ~success[:, :-1]], axis=1)
     slipped = np.zeros(success.shape, bool)  # failed right after a success
     slipped[:, 2:] = success[:, :-2] & ~success[:, 1:-1] & valid[:, 1:-1]
 
@@ -91,6 +94,7 @@ def first_success_split(success: np.ndarray, valid: np.ndarray | None = None) ->
     ever = success.any(axis=1)
     return {"discovery": rate(valid & (before == 0)),
             "recovery": rate(valid & slipped),
+            "recovery_any": rate(valid & (before > 0) & last_failed),
             "ever": {"p": float(ever.mean()) if len(ever) else None, "streams": int(len(ever))},
             "after_first": rate(valid & (before > 0))}
 
@@ -207,6 +211,7 @@ def main(argv=None) -> int:
         print(f"{str(s['streak']) + ('+' if s['at_least'] else ''):>7s}"
               + "".join(f"{c:>30s}" for c in cells))
     names = {"discovery": "P(success | none yet)", "recovery": "P(success | 1, then 1 failure)",
+             "recovery_any": "P(success | 1, then failures)",
              "ever": "streams with a success", "after_first": "success rate after the first"}
     for name, text in names.items():
         cells = []

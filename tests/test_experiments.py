@@ -238,6 +238,8 @@ def test_first_success_split_by_hand():
     assert split["discovery"] == {"p": 2 / 10, "episodes": 10}
     # the last failed, the one before succeeded: row 0 ep 4 (1); row 1 eps 3, 6 (0, 1)
     assert split["recovery"] == {"p": 2 / 3, "episodes": 3}
+    # the last failed, any earlier success: row 0 ep 4 (1); row 1 eps 3, 4, 6 (0, 1, 1)
+    assert split["recovery_any"] == {"p": 3 / 4, "episodes": 4}
     assert split["ever"] == {"p": 2 / 3, "streams": 3}
     # after the first success: row 0 eps 2-6 (1, 0, 1, 1, 1), row 1 eps 1-6 (1,0,0,1,0,1)
     assert split["after_first"] == {"p": 7 / 11, "episodes": 11}
