@@ -120,12 +120,15 @@ def measure(run: str, tasks: int, episodes: int, frac: float, max_streak: int,
     optimum = np.asarray(jax.vmap(env.optimal_return)(test))[:, None]
     out = {}
 
+    def tables(success, valid=None):  # both views of one success array
+        return dict(table=retention_table(success, valid, max_streak),
+                    split=first_success_split(success, valid))
+
     r = ev.ad_rollout(model.params, model.config, env, test, jax.random.fold_in(key, 100),
                       episodes * env.max_episode_steps)
     ad_returns = ev.episode_curve(r, episodes)
     out["AD in context (held-out tasks)"] = dict(
-        table=retention_table(ad_returns >= frac * optimum, max_streak=max_streak),
-        split=first_success_split(ad_returns >= frac * optimum),
+        **tables(ad_returns >= frac * optimum),
         mean_return=float(ad_returns.mean()), rows=n, episodes=episodes)
 
     m = min(histories, dataset.num_histories)
@@ -135,17 +138,14 @@ def measure(run: str, tasks: int, episodes: int, frac: float, max_streak: int,
     opt_train = np.asarray(jax.vmap(env.optimal_return)(dataset.task_params(np.arange(m))))
     every = spec.extra.get("subsample_every", 1)
     out[f"source as distilled (training histories{f', every {every}th episode' if every > 1 else ''})"] = dict(
-        table=retention_table(np.nan_to_num(stored) >= frac * opt_train[:, None], valid,
-                              max_streak),
-        split=first_success_split(np.nan_to_num(stored) >= frac * opt_train[:, None], valid),
+        **tables(np.nan_to_num(stored) >= frac * opt_train[:, None], valid),
         mean_return=float(np.nanmean(stored)), rows=m, episodes=int(counts.max()))
 
     source, config = _source_from_spec(spec)
     _, src_returns = ev.source_learning(source, config, env, test, jax.random.fold_in(key, 7),
                                         episodes)
     out["source from scratch (held-out tasks)"] = dict(
-        table=retention_table(src_returns >= frac * optimum, max_streak=max_streak),
-        split=first_success_split(src_returns >= frac * optimum),
+        **tables(src_returns >= frac * optimum),
         mean_return=float(src_returns.mean()), rows=n, episodes=int(src_returns.shape[1]))
     return {"run": str(model.run_dir), "env": model.env_name, "dataset": str(model.dataset),
             "success": f"return >= {frac} x the task's optimal return", "curves": out}
