@@ -26,6 +26,8 @@ On-disk format (``SCHEMA_VERSION`` = 1)
         action.npy                     (n, T) int32
         reward.npy                     (n, T) float32
         terminated.npy, truncated.npy  (n, T) bool
+        intended_action.npy            (n, T) int32, only from sources that inject noise:
+                                         their choice before it (source_agents.history)
         params.<path>.npy              (n, *shape) task params, one row per history
         episode_returns.npy            (n, E) float32: the source's return in each completed
                                          episode, NaN-padded; E = most episodes in the shard
@@ -106,12 +108,15 @@ _TMP_PREFIX = ".tmp-"
 _SHARD_RE = re.compile(r"^shard-(\d{8})-(\d{8})$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _STEP_FIELDS = ("action", "reward", "terminated", "truncated")
+# step fields a source may leave out (None in its LearningHistory); stored when present
+_OPTIONAL_STEP_FIELDS = ("intended_action",)
 # stored dtype and the dtype kinds a source may hand over for it
 _STEP_DTYPES = {
     "action": (np.int32, "iu"),
     "reward": (np.float32, "fiu"),
     "terminated": (np.bool_, "biu"),
     "truncated": (np.bool_, "biu"),
+    "intended_action": (np.int32, "iu"),
 }
 _CHUNK = 1 << 20
 
@@ -494,7 +499,9 @@ class DatasetWriter:
         n, num_steps = np.shape(history.action)
         for name, leaf in zip(obs_names, obs_leaves):
             files[name], kinds[name] = np.asarray(leaf), "step"
-        for field in _STEP_FIELDS:
+        for field in _STEP_FIELDS + _OPTIONAL_STEP_FIELDS:
+            if getattr(history, field) is None:
+                continue
             value = np.asarray(getattr(history, field))
             target, allowed_kinds = _STEP_DTYPES[field]
             if value.dtype.kind not in allowed_kinds:
@@ -780,7 +787,8 @@ class Dataset:
         row = i - self._shards[s]["start"]
         arrays = self._shard_arrays(s)
         obs = self._unflatten("obs", {n: arrays[n][row] for n in self.names("obs")})
-        return LearningHistory(obs, *(arrays[f][row] for f in _STEP_FIELDS))
+        return LearningHistory(obs, *(arrays[f][row] for f in _STEP_FIELDS),
+                               **{f: arrays[f][row] for f in self.optional_step_fields})
 
     def task_params(self, idx: int | np.ndarray | None = None) -> PyTree:
         """Task params of history ``idx`` (int: one task; array: batched; None: all)."""
@@ -802,10 +810,17 @@ class Dataset:
 
     def step_table(self, name: str) -> np.ndarray:
         """``(num_histories, num_steps)``: one step field (``action``, ``reward``,
-        ``terminated``, ``truncated``) of every history, read into memory."""
-        if name not in _STEP_FIELDS:
-            raise ValueError(f"{self.path}: step_table takes one of {_STEP_FIELDS}, got {name!r}")
+        ``terminated``, ``truncated``, and ``intended_action`` where stored) of every
+        history, read into memory."""
+        fields = _STEP_FIELDS + self.optional_step_fields
+        if name not in fields:
+            raise ValueError(f"{self.path}: step_table takes one of {fields}, got {name!r}")
         return self._gather_rows(name, np.arange(self.num_histories))
+
+    @property
+    def optional_step_fields(self) -> tuple[str, ...]:
+        """The optional step fields (``intended_action``) this dataset stores."""
+        return tuple(f for f in _OPTIONAL_STEP_FIELDS if f in self._leaves)
 
     @functools.cached_property
     def num_episodes(self) -> np.ndarray:
@@ -873,7 +888,8 @@ class Dataset:
                 windows = self._window_views[view_key]
                 out[n][sel] = np.moveaxis(windows[rows, start[sel]], -1, 1)
         obs = self._unflatten("obs", {n: out[n] for n in self.names("obs")})
-        return LearningHistory(obs, *(out[f] for f in _STEP_FIELDS))
+        return LearningHistory(obs, *(out[f] for f in _STEP_FIELDS),
+                               **{f: out[f] for f in self.optional_step_fields})
 
     # ---- reporting --------------------------------------------------------------------
     @property

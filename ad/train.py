@@ -55,6 +55,10 @@ CKPT_DIR = "checkpoints"
 MODEL_DIR = "model"
 
 
+# step fields a run can learn to predict (DistillConfig.targets)
+TARGETS = ("action", "intended_action")
+
+
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
     """Everything that defines one distillation run (saved as ``distill_config.json``)."""
@@ -88,6 +92,8 @@ class DistillConfig:
     weight_decay: float = 1e-4  # AdamW decay on matrices
     grad_clip: float = 1.0  # global-norm clipping (<= 0: off)
     label_smoothing: float = 0.0  # on the action targets
+    targets: str = "action"  # "action" (what the source did) or "intended_action" (its
+    #   choice before injected noise, for datasets that store it: source_agents.history)
     # ---- data -----------------------------------------------------------------------------
     last_steps: int = 0  # > 0: Expert Distillation, windows only from each history's last
     #   last_steps steps (its final, expert episodes)
@@ -107,6 +113,8 @@ class DistillConfig:
                              f"attention that long evaluations use")
         if self.last_steps < 0:
             raise ValueError(f"DistillConfig.last_steps must be >= 0, got {self.last_steps}")
+        if self.targets not in TARGETS:
+            raise ValueError(f"DistillConfig.targets must be one of {TARGETS}, got {self.targets!r}")
 
     @property
     def window_steps(self) -> int:
@@ -139,16 +147,25 @@ class WindowSampler:
     With ``prev_obs`` the batches also carry ``obs[t-1]`` (``ModelConfig.prev_obs_token``);
     with ``episode_return`` the reward so far in each step's episode
     (``ModelConfig.episode_return_token``), read from a table of every history computed
-    once, so that windows starting mid-episode get it right too.
+    once, so that windows starting mid-episode get it right too. ``targets`` names the
+    step field the model learns to predict (``action``, or ``intended_action`` where the
+    source stored its choice before injected noise); the inputs always carry the
+    executed actions.
     """
 
     def __init__(self, dataset: Dataset, window: int, batch_size: int, seed: int,
                  num_actions: int, last_steps: int = 0, prev_obs: bool = False,
-                 episode_return: bool = False):
+                 episode_return: bool = False, targets: str = "action"):
         T, n = window, dataset.num_steps
         if n < T:
             raise ValueError(f"{dataset.path}: histories have {n} steps, too short for "
                              f"windows of {T} steps")
+        if targets not in TARGETS:
+            raise ValueError(f"targets must be one of {TARGETS}, got {targets!r}")
+        if targets != "action" and targets not in dataset.optional_step_fields:
+            raise ValueError(f"{dataset.path}: targets={targets!r}, but the dataset stores no "
+                             f"{targets} (its source injected no noise; use targets='action')")
+        self.targets = targets
         self.dataset, self.T, self.B, self.seed = dataset, T, batch_size, seed
         self.num_actions, self.prev_obs = num_actions, prev_obs
         self.lo = 0 if last_steps <= 0 else max(0, n - max(last_steps, T))
@@ -202,7 +219,8 @@ class WindowSampler:
                             prev_reward=prev_reward.astype(np.float32),
                             episode_start=episode_start,
                             prev_obs=prev_obs, episode_return=episode_return)
-        return Batch(inputs=inputs, target_action=action.astype(np.int32),
+        target = action if self.targets == "action" else take(getattr(rows, self.targets))
+        return Batch(inputs=inputs, target_action=target.astype(np.int32),
                      mask=np.ones(action.shape, np.float32))
 
 
@@ -413,7 +431,8 @@ def distill(config: DistillConfig, overwrite: bool = False) -> Path:
     sampler = WindowSampler(dataset, config.window_steps, config.batch_size, config.seed,
                             model_config.num_actions, config.last_steps,
                             prev_obs=model_config.prev_obs_token,
-                            episode_return=model_config.episode_return_token)
+                            episode_return=model_config.episode_return_token,
+                            targets=config.targets)
 
     metrics_path = run_dir / "metrics.jsonl"
     _truncate_metrics(metrics_path, start_step)

@@ -231,6 +231,27 @@ _add(dataclasses.replace(SETTINGS["key-to-door-memory-early"], name="key-to-door
                          source_overrides=dict(num_steps=10_000, epsilon=0.1, slip_prob=0.2)))
 
 
+# DART-style data (Laskey et al. 2017): the same slips, but the model learns the agent's
+# intended actions (DistillConfig.targets="intended_action": a shortest-path step wherever
+# the pursued cell is known, slip or not), so it sees failures after a success in its
+# context and recoveries from them, without being taught to slip.
+_add(dataclasses.replace(
+    SETTINGS["key-to-door-memory-slips"], name="key-to-door-memory-dart",
+    distill={**SETTINGS["key-to-door-memory-slips"].distill, "targets": "intended_action"}))
+
+# The same idea on the MLP PPO source: each PPO episode is a slip (uniform random actions
+# throughout, left out of PPO's policy loss) with probability 0.2, and AD learns the
+# actions PPO's policy sampled (its intended ones). With the best model inputs found
+# (previous observation, the episode's reward so far), no dropout, 6,000 steps.
+_add(dataclasses.replace(
+    SETTINGS["key-to-door-mlp"], name="key-to-door-mlp-dart",
+    source_overrides={**SETTINGS["key-to-door-mlp"].source_overrides, "slip_prob": 0.2},
+    subsample_steps=1400,  # slips are long episodes: some histories keep under 1,600 steps
+    distill={**SETTINGS["key-to-door-mlp"].distill, "prev_obs_token": True,
+             "episode_return_token": True, "dropout": 0.0, "num_steps": 6000,
+             "targets": "intended_action"}))
+
+
 def get_setting(name: str) -> Setting:
     if name not in SETTINGS:
         raise ValueError(f"unknown setting {name!r}; available: {', '.join(SETTINGS)}")

@@ -6,6 +6,13 @@ across episodes, in the order the learner lived them. At step ``t`` the agent sa
 and ``truncated[t]``; when either flag is set, ``obs[t + 1]`` is the first observation
 of the next episode of the same task (the env auto-resets).
 
+``intended_action`` (optional, ``None`` for most sources): the action the source's own
+policy chose at step ``t`` before injected noise replaced it (DART-style collection,
+``slip_prob`` in ``source_agents.ppo`` / ``source_agents.memory``). ``action`` is always
+what was executed, so the stream stays the one the env lived; a distillation run may
+take its targets from ``intended_action`` instead (``DistillConfig.targets``), so that
+the model sees the perturbed contexts but learns the source's unperturbed choices.
+
 Collected histories are batched: every leaf gains a leading axis of histories, e.g.
 ``action`` is ``(num_histories, num_steps)``.
 """
@@ -25,6 +32,7 @@ class LearningHistory(NamedTuple):
     reward: jax.Array  # (T,) float32
     terminated: jax.Array  # (T,) bool
     truncated: jax.Array  # (T,) bool
+    intended_action: Any = None  # (T,) int32 or None: the source's choice before noise
 
 
 def episode_returns(reward, done, max_episodes: int | None = None) -> np.ndarray:

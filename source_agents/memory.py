@@ -21,6 +21,10 @@ has shown it, so a model that sees that history can in principle act as it does:
   memory, and goes back in the episodes after). Its histories then show failures after
   a success followed by recoveries, which the plain agent's (near-certain success once
   both cells are known) never do.
+- Every history also records ``intended_action``: the shortest-path step wherever the
+  pursued cell is known, even in a slip or an epsilon step (the executed random action
+  where it is not). A model trained on those targets (``DistillConfig.targets``, as in
+  DART) sees the slips in its context but never learns to make them.
 
 So its returns climb from the random level to near the optimum within a few episodes of
 its first rewards, for reasons that lie in its history alone: the data of an in-context
@@ -77,14 +81,17 @@ def make_train(env: Environment, config: Config):
     num_actions = env.num_actions
 
     def act(key, obs, memory, collected, slipping):
-        """The action at cell ``obs`` given the memory and this episode's reward so far."""
+        """``(action, intended)`` at cell ``obs`` given the memory and this episode's
+        reward so far: ``intended`` ignores the slip and the epsilon noise (a shortest-path
+        step when the pursued cell is known; the same random action when it is not)."""
         slot = jnp.minimum(collected, subgoals - 1).astype(jnp.int32)
         target = memory[slot]
-        known = (target[0] >= 0) & ~slipping
+        known = target[0] >= 0
         key_noise, key_action = jax.random.split(key)
         random_action = jax.random.randint(key_action, (), 0, num_actions, jnp.int32)
-        explore = jnp.logical_or(~known, jax.random.uniform(key_noise) < config.epsilon)
-        return jnp.where(explore, random_action, greedy_step_towards(obs, target))
+        greedy = greedy_step_towards(obs, target)
+        explore = ~known | slipping | (jax.random.uniform(key_noise) < config.epsilon)
+        return jnp.where(explore, random_action, greedy), jnp.where(known, greedy, random_action)
 
     def remember(memory, collected, reward, cell):
         """Fill the empty slots ``collected … collected + reward − 1`` with ``cell``."""
@@ -106,7 +113,7 @@ def make_train(env: Environment, config: Config):
         def step(carry, step_key):
             obs, state, memory, collected, slipping = carry
             key_act, key_env = jax.random.split(step_key)
-            action = act(key_act, obs, memory, collected, slipping)
+            action, intended = act(key_act, obs, memory, collected, slipping)
             next_obs, state, reward, terminated, truncated, info = env.step(
                 key_env, state, action, params)
             reward = jnp.asarray(reward, jnp.float32)
@@ -118,7 +125,7 @@ def make_train(env: Environment, config: Config):
             done = jnp.logical_or(terminated, truncated)
             collected = jnp.where(done, 0, collected + paid)
             slipping = jnp.where(done, slip(step_key), slipping)  # a new episode: draw again
-            record = LearningHistory(obs, action, reward, terminated, truncated)
+            record = LearningHistory(obs, action, reward, terminated, truncated, intended)
             return (next_obs, state, memory, collected, slipping), record
 
         carry = (obs, state, memory, jnp.int32(0), slip(key_reset))

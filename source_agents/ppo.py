@@ -19,6 +19,15 @@ the GAE recursion never crosses an episode boundary (see ``gae``).
 
 Observations are encoded by ``networks.make_encoder`` together with the env's
 ``source_features`` (Key-to-Door's has-key bit), so a feed-forward policy suffices.
+
+Slips (``slip_prob > 0``, DART-style data for distillation): each episode is, with that
+probability, a slip in which uniformly random actions are executed throughout, while
+the history's ``intended_action`` records what the policy sampled at each step. Slip
+steps are off-policy, so they are left out of the policy loss and the entropy bonus
+(they still train the critic and feed GAE: their returns are what the agent lived).
+The histories then show failed episodes after the agent has learned, followed by its
+recoveries, with clean labels throughout (``DistillConfig.targets="intended_action"``).
+With ``slip_prob = 0`` every draw and update is as without the option.
 """
 
 from __future__ import annotations
@@ -64,6 +73,7 @@ class Config:
     shared_torso: bool = True  # one torso for actor and critic (half the hidden FLOPs)
     encoding: str = "onehot"  # observation encoding, see source_agents.networks
     rollout_unroll: int = 1  # lax.scan unroll of the env-step loop (speed only)
+    slip_prob: float = 0.0  # P(an episode is a slip: uniform random actions throughout)
 
     def __post_init__(self):
         for name in ("num_steps", "rollout_len", "num_epochs", "num_minibatches", "rollout_unroll"):
@@ -84,6 +94,9 @@ class Config:
             raise ValueError(f"ppo.Config.activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if self.encoding not in ENCODINGS:
             raise ValueError(f"ppo.Config.encoding must be one of {ENCODINGS}, got {self.encoding!r}")
+        p = self.slip_prob
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+            raise ValueError(f"ppo.Config.slip_prob must be a number in [0, 1), got {p!r}")
         for name in ("lr", "gamma", "gae_lambda", "clip_eps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ppo.Config.{name} must be > 0, got {getattr(self, name)!r}")
@@ -186,6 +199,8 @@ class Transition(NamedTuple):
     terminated: jax.Array  # () bool
     truncated: jax.Array  # () bool
     final_x: jax.Array  # (in_dim,) encoding of the true next state (for bootstrapping)
+    intended: jax.Array  # () int32: the policy's sample (= action unless slipping)
+    on_policy: jax.Array  # () float32: 1 unless the step was a slip's random action
 
 
 class Batch(NamedTuple):
@@ -194,6 +209,7 @@ class Batch(NamedTuple):
     log_prob: jax.Array  # (B,)
     advantages: jax.Array  # (B,)
     returns: jax.Array  # (B,)
+    on_policy: jax.Array  # (B,) float32: weight of each step in the policy loss
 
 
 def make_train(env: Environment, config: Config):
@@ -231,9 +247,11 @@ def make_train(env: Environment, config: Config):
             adv = (adv - adv.mean()) / jnp.maximum(adv.std(), config.adv_std_floor + 1e-8)
         ratio = jnp.exp(log_prob - batch.log_prob)
         clipped = jnp.clip(ratio, 1.0 - config.clip_eps, 1.0 + config.clip_eps)
-        policy_loss = -jnp.mean(jnp.minimum(ratio * adv, clipped * adv))
+        # slip steps (weight 0) were not drawn from the policy: no policy gradient there
+        w = batch.on_policy / jnp.maximum(jnp.sum(batch.on_policy), 1.0)
+        policy_loss = -jnp.sum(w * jnp.minimum(ratio * adv, clipped * adv))
         value_loss = 0.5 * jnp.mean(jnp.square(value - batch.returns))
-        entropy = -jnp.mean(jnp.sum(jnp.exp(log_probs) * log_probs, -1))
+        entropy = -jnp.sum(w * jnp.sum(jnp.exp(log_probs) * log_probs, -1))
         return policy_loss + config.vf_coef * value_loss - ent_coef * entropy
 
     def sgd_step(carry, batch: Batch, ent_coef):
@@ -248,8 +266,9 @@ def make_train(env: Environment, config: Config):
         opt_state = tx.init(net_params)
         obs, env_state = env.reset(key_reset, params)
 
+
         def update(carry, xs):
-            net_params, opt_state, obs, env_state = carry
+            net_params, opt_state, obs, env_state, slipping = carry
             update_index, key_update = xs
             ent_coef = ent_weight(update_index)
             key_env, key_act, key_perm = jax.random.split(key_update, 3)
@@ -257,13 +276,20 @@ def make_train(env: Environment, config: Config):
             # small PRNG call per step. Sampling = argmax(logits + Gumbel noise).
             env_keys = jax.random.split(key_env, T)
             gumbel = jax.random.gumbel(key_act, (T, num_actions))
+            # slips' random actions and the slip flags of episodes starting after each
+            # step, from keys folded off the update's: with slip_prob = 0 every other draw,
+            # and so the history, is as without the option
+            slip_actions = jax.random.randint(
+                jax.random.fold_in(key_update, 1), (T,), 0, num_actions, jnp.int32)
+            slip_next = jax.random.uniform(jax.random.fold_in(key_update, 2), (T,)) < config.slip_prob
 
             def env_step(c, xs):
-                obs, env_state = c
-                key_step, noise = xs
+                obs, env_state, slipping = c
+                key_step, noise, random_action, slip_next = xs
                 x = encoder.encode(obs, env.source_features(env_state))
                 logits, value = network.apply(net_params, x)
-                action = jnp.argmax(logits + noise).astype(jnp.int32)
+                intended = jnp.argmax(logits + noise).astype(jnp.int32)
+                action = jnp.where(slipping, random_action, intended)
                 log_prob = jnp.sum(jax.nn.log_softmax(logits) * one_hot(action, num_actions))
                 next_obs, next_state, reward, terminated, truncated, info = env.step(
                     key_step, env_state, action, params
@@ -273,12 +299,15 @@ def make_train(env: Environment, config: Config):
                 )
                 tr = Transition(
                     obs, x, action, log_prob, value, reward.astype(jnp.float32),
-                    terminated, truncated, final_x,
+                    terminated, truncated, final_x, intended, 1.0 - slipping.astype(jnp.float32),
                 )
-                return (next_obs, next_state), tr
+                done = jnp.logical_or(terminated, truncated)
+                slipping = jnp.where(done, slip_next, slipping)
+                return (next_obs, next_state, slipping), tr
 
-            (obs, env_state), traj = jax.lax.scan(
-                env_step, (obs, env_state), (env_keys, gumbel), unroll=config.rollout_unroll
+            (obs, env_state, slipping), traj = jax.lax.scan(
+                env_step, (obs, env_state, slipping), (env_keys, gumbel, slip_actions, slip_next),
+                unroll=config.rollout_unroll,
             )
             # One batched critic pass over the true successors of all T steps.
             _, next_value = network.apply(net_params, traj.final_x)
@@ -286,7 +315,8 @@ def make_train(env: Environment, config: Config):
                 traj.reward, traj.value, next_value, traj.terminated,
                 jnp.logical_or(traj.terminated, traj.truncated), config.gamma, config.gae_lambda,
             )
-            data = Batch(traj.x, traj.action, traj.log_prob, adv.advantages, adv.returns)
+            data = Batch(traj.x, traj.action, traj.log_prob, adv.advantages, adv.returns,
+                         traj.on_policy)
 
             def epoch(c, key_epoch):
                 perm = jax.random.permutation(key_epoch, T)
@@ -300,13 +330,15 @@ def make_train(env: Environment, config: Config):
                 epoch, (net_params, opt_state), jax.random.split(key_perm, config.num_epochs)
             )
             record = LearningHistory(
-                traj.obs, traj.action, traj.reward, traj.terminated, traj.truncated
+                traj.obs, traj.action, traj.reward, traj.terminated, traj.truncated,
+                traj.intended if config.slip_prob > 0 else None,
             )
-            return (net_params, opt_state, obs, env_state), record
+            return (net_params, opt_state, obs, env_state, slipping), record
 
         _, records = jax.lax.scan(
             update,
-            (net_params, opt_state, obs, env_state),
+            (net_params, opt_state, obs, env_state,
+             jax.random.uniform(jax.random.fold_in(key_reset, 1)) < config.slip_prob),
             (jnp.arange(config.num_updates), jax.random.split(key_loop, config.num_updates)),
         )
         # (num_updates, T, ...) -> (num_steps, ...): the updates' rollouts are consecutive.

@@ -181,6 +181,26 @@ def test_read_windows_equals_slicing(tmp_path):
         ds.read_windows(np.array([N]), np.array([0]), 3)
 
 
+def test_intended_action_is_stored_only_when_the_source_records_it(tmp_path):
+    plain = write_all(tmp_path / "plain")
+    assert plain.optional_step_fields == () and plain.history(0).intended_action is None
+    assert plain.read_windows(np.array([1]), np.array([0]), 4).intended_action is None
+    with pytest.raises(ValueError, match="intended_action"):
+        plain.step_table("intended_action")
+    history, params = make_data()
+    intended = (history.action + 1) % 5  # differs from the executed action everywhere
+    ds = write_all(tmp_path / "ds", data=(history._replace(intended_action=intended), params))
+    ds = load_dataset(tmp_path / "ds", verify=True)
+    assert ds.optional_step_fields == ("intended_action",)
+    assert ds.metadata["leaves"]["intended_action"] == {"kind": "step", "shape": [], "dtype": "<i4"}
+    for i in range(N):
+        np.testing.assert_array_equal(ds.history(i).intended_action, intended[i])
+        np.testing.assert_array_equal(ds.history(i).action, history.action[i])
+    np.testing.assert_array_equal(ds.step_table("intended_action"), intended)
+    batch = ds.read_windows(np.array([7, 2]), np.array([3, 0]), 5)
+    np.testing.assert_array_equal(batch.intended_action, [intended[7, 3:8], intended[2, 0:5]])
+
+
 # ---- validation errors ----------------------------------------------------------------
 def test_corrupt_byte_fails_verify_naming_the_file(tmp_path):
     write_all(tmp_path / "ds")

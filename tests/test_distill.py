@@ -95,6 +95,30 @@ def test_windows_align_inputs_and_targets(darkroom_data):
     assert mid_episode > 0  # some window starts after its episode has paid
 
 
+def test_intended_action_targets_with_executed_inputs(darkroom_data, tmp_path):
+    """targets="intended_action": the model predicts the source's choice before its
+    slips while its inputs carry what was executed (the slips)."""
+    out = tmp_path / "slips"
+    collect(CollectConfig(out=out, env="darkroom", source="memory",
+                          source_overrides={"num_steps": 400, "epsilon": 0.0, "slip_prob": 0.5},
+                          num_histories=8, shard_size=8, verbose=False))
+    ds = load_dataset(out)
+    sampler = WindowSampler(ds, window=8, batch_size=32, seed=1, num_actions=5,
+                            targets="intended_action")
+    batch, executed = sampler.batch(0), WindowSampler(ds, 8, 32, 1, 5).batch(0)
+    hist, start = sampler.indices(0)
+    for b in range(32):
+        h, s = ds.history(int(hist[b])), int(start[b])
+        np.testing.assert_array_equal(batch.target_action[b], h.intended_action[s:s + 8])
+        np.testing.assert_array_equal(executed.target_action[b], h.action[s:s + 8])
+    jax.tree.map(np.testing.assert_array_equal, batch.inputs, executed.inputs)
+    assert (batch.target_action != executed.target_action).sum() > 10  # the slips differ
+    with pytest.raises(ValueError, match="stores no intended_action"):
+        WindowSampler(load_dataset(darkroom_data), 8, 32, 1, 5, targets="intended_action")
+    with pytest.raises(ValueError, match="DistillConfig.targets"):
+        DistillConfig(dataset="d", out="o", targets="reward")
+
+
 def test_stream_start_windows_are_sampled(darkroom_data):
     """Windows that start a stream (the "none" token) occur, so evaluation's first step is trained."""
     ds = load_dataset(darkroom_data)

@@ -101,6 +101,20 @@ def test_slips_fail_some_episodes_after_a_success_and_the_next_go_back():
     total = sum(len(r) - int(np.argmax(r > 0)) - 1 for r in returns)
     assert 0.25 < failed / total < 0.35  # ~slip_prob of the episodes after the first success
     assert 0.62 < recovered / after_a_failure < 0.78  # ~1 - slip_prob go back after one
+    # intended_action: the executed action until the goal is known (exploring), then the
+    # shortest-path step towards it from wherever the agent is, in slips too
+    for i in range(n):
+        h = jax.tree.map(lambda x: x[i], histories)
+        paid = np.flatnonzero(np.asarray(h.reward) > 0)
+        if not len(paid):
+            continue
+        known = np.arange(4000) > paid[0]
+        np.testing.assert_array_equal(h.intended_action[~known], h.action[~known])
+        goal = np.asarray(tasks.goal[i])
+        towards = np.asarray(jax.vmap(lambda o: envs.darkroom.greedy_step_towards(o, goal))(
+            jnp.asarray(h.obs[known])))
+        np.testing.assert_array_equal(h.intended_action[known], towards)
+    assert (histories.intended_action != histories.action).mean() > 0.05  # the slips
 
 
 def test_bad_input_is_named():

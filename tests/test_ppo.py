@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import envs
+from envs.darkroom import MOVES
 from envs.bandits import BanditParams
 from source_agents import ppo
 from source_agents.history import episode_returns
@@ -110,6 +111,47 @@ def test_learns_small_darkroom_and_history_replays():
     # Replaying the recorded actions through env.step reproduces obs and rewards (Dark
     # Room dynamics do not use the key, so any key stream replays them).
     assert_history_replays(env, tasks, hist)
+
+
+def test_slips_execute_random_episodes_labelled_with_the_policy():
+    """slip_prob: whole episodes of uniform random actions, recorded with what the policy
+    sampled (intended_action); left out of the policy loss, they do not stop it learning,
+    and late slips' labels head for the goal from wherever the slip wandered."""
+    env = envs.make("darkroom", size=5, horizon=10)
+    tasks = env.tasks("train")
+    n = tasks.goal.shape[0]
+    keys = jax.random.split(jax.random.key(0), n)
+    plain = jax.jit(jax.vmap(ppo.make_train(env, ppo.Config(num_steps=2048, **TINY))))(keys, tasks)
+    assert plain.intended_action is None  # stored only when slips are on
+    config = ppo.Config(num_steps=2048, slip_prob=0.3, **TINY)
+    hist = jax.jit(jax.vmap(ppo.make_train(env, config)))(keys, tasks)
+    whole = 2040  # the 204 whole 10-step episodes
+    action, intended = np.asarray(hist.action)[:, :whole], np.asarray(hist.intended_action)[:, :whole]
+    episodes = (action != intended).reshape(n, -1, 10)
+    slip = episodes.any(-1)  # a slip's 10 uniform actions all agree with the policy w.p. ~0
+    assert 0.25 < slip.mean() < 0.35, slip.mean()
+    # within a slip the executed actions are uniform: they match the policy's ~1/5 of the time
+    assert 0.12 < (~episodes[slip]).mean() < 0.28
+    opt = np.asarray(jax.vmap(env.optimal_return)(tasks))
+    rewards = np.asarray(hist.reward)[:, :whole].reshape(n, -1, 10).sum(-1) / opt[:, None]
+    late = np.zeros_like(slip)
+    late[:, -40:] = True
+    assert rewards[late & ~slip].mean() > 0.85  # the policy learned
+    assert rewards[late & slip].mean() < 0.5  # the slips did not
+    # the labels head for the goal: one step of a late slip's intended action from the
+    # cell the slip wandered to brings the agent closer (or keeps it on the goal) far more
+    # often than the executed uniform action does (a tabular policy is barely trained on
+    # cells off its own paths, so not always)
+    obs = np.asarray(hist.obs)[:, :whole].reshape(n, -1, 10, 2)
+    goal = np.asarray(tasks.goal)[:, None, None]
+
+    def heads_for_goal(a):
+        after = np.clip(obs + MOVES[a.reshape(n, -1, 10)], 0, 4)
+        before_dist, after_dist = np.abs(obs - goal).sum(-1), np.abs(after - goal).sum(-1)
+        return ((after_dist < before_dist) | (after_dist == 0))[late & slip].mean()
+
+    labels, executed = heads_for_goal(intended), heads_for_goal(action)
+    assert executed < 0.5 and labels > executed + 0.2, (labels, executed)
 
 
 def test_key_to_door_history_is_consistent():
