@@ -234,7 +234,9 @@ _add(dataclasses.replace(SETTINGS["key-to-door-memory-early"], name="key-to-door
 # DART-style data (Laskey et al. 2017): the same slips, but the model learns the agent's
 # intended actions (DistillConfig.targets="intended_action": a shortest-path step wherever
 # the pursued cell is known, slip or not), so it sees failures after a success in its
-# context and recoveries from them, without being taught to slip.
+# context and recoveries from them, without being taught to slip. Result: AD 1.17 by
+# episode 200 (slips imitated: 1.02; no slips: 1.34 / 1.46), and its recovery from a
+# slip (0.37) no better than without slips in its data (README).
 _add(dataclasses.replace(
     SETTINGS["key-to-door-memory-slips"], name="key-to-door-memory-dart",
     distill={**SETTINGS["key-to-door-memory-slips"].distill, "targets": "intended_action"}))
@@ -242,7 +244,8 @@ _add(dataclasses.replace(
 # The same idea on the MLP PPO source: each PPO episode is a slip (uniform random actions
 # throughout, left out of PPO's policy loss) with probability 0.2, and AD learns the
 # actions PPO's policy sampled (its intended ones). With the best model inputs found
-# (previous observation, the episode's reward so far), no dropout, 6,000 steps.
+# (previous observation, the episode's reward so far), no dropout, 6,000 steps. Result:
+# AD 0.82 by episode 200, below the same model on slip-free histories (1.06; README).
 _add(dataclasses.replace(
     SETTINGS["key-to-door-mlp"], name="key-to-door-mlp-dart",
     source_overrides={**SETTINGS["key-to-door-mlp"].source_overrides, "slip_prob": 0.2},
