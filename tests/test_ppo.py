@@ -121,8 +121,9 @@ def test_slips_execute_random_episodes_labelled_with_the_policy():
     tasks = env.tasks("train")
     n = tasks.goal.shape[0]
     keys = jax.random.split(jax.random.key(0), n)
-    plain = jax.jit(jax.vmap(ppo.make_train(env, ppo.Config(num_steps=2048, **TINY))))(keys, tasks)
-    assert plain.intended_action is None  # stored only when slips are on
+    plain = jax.eval_shape(jax.vmap(ppo.make_train(env, ppo.Config(num_steps=2048, **TINY))),
+                           keys, tasks)
+    assert plain.intended_action is None  # recorded only when slips are on
     config = ppo.Config(num_steps=2048, slip_prob=0.3, **TINY)
     hist = jax.jit(jax.vmap(ppo.make_train(env, config)))(keys, tasks)
     whole = 2040  # the 204 whole 10-step episodes
