@@ -266,6 +266,14 @@ def make_train(env: Environment, config: Config):
         opt_state = tx.init(net_params)
         obs, env_state = env.reset(key_reset, params)
 
+        def draw_slips(key, n):
+            """``n`` slips' random actions and ``n`` slip flags (of the episodes starting
+            after each step), from keys folded off ``key``: other draws stay as without
+            slips; with slip_prob = 0 nothing is drawn (no PRNG work on the hot path)."""
+            if config.slip_prob == 0:
+                return jnp.zeros((n,), jnp.int32), jnp.zeros((n,), bool)
+            actions = jax.random.randint(jax.random.fold_in(key, 1), (n,), 0, num_actions, jnp.int32)
+            return actions, jax.random.uniform(jax.random.fold_in(key, 2), (n,)) < config.slip_prob
 
         def update(carry, xs):
             net_params, opt_state, obs, env_state, slipping = carry
@@ -276,12 +284,7 @@ def make_train(env: Environment, config: Config):
             # small PRNG call per step. Sampling = argmax(logits + Gumbel noise).
             env_keys = jax.random.split(key_env, T)
             gumbel = jax.random.gumbel(key_act, (T, num_actions))
-            # slips' random actions and the slip flags of episodes starting after each
-            # step, from keys folded off the update's: with slip_prob = 0 every other draw,
-            # and so the history, is as without the option
-            slip_actions = jax.random.randint(
-                jax.random.fold_in(key_update, 1), (T,), 0, num_actions, jnp.int32)
-            slip_next = jax.random.uniform(jax.random.fold_in(key_update, 2), (T,)) < config.slip_prob
+            slip_actions, slip_next = draw_slips(key_update, T)
 
             def env_step(c, xs):
                 obs, env_state, slipping = c
@@ -337,8 +340,7 @@ def make_train(env: Environment, config: Config):
 
         _, records = jax.lax.scan(
             update,
-            (net_params, opt_state, obs, env_state,
-             jax.random.uniform(jax.random.fold_in(key_reset, 1)) < config.slip_prob),
+            (net_params, opt_state, obs, env_state, draw_slips(key_reset, 1)[1][0]),
             (jnp.arange(config.num_updates), jax.random.split(key_loop, config.num_updates)),
         )
         # (num_updates, T, ...) -> (num_steps, ...): the updates' rollouts are consecutive.
