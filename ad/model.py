@@ -117,6 +117,9 @@ class ModelConfig:
     #   plus a direction embedding (obs_shape is the image's shape)
     obs_shape: tuple[int, ...] = (2,)  # shape of the (single-leaf) observation
     obs_num_values: int = 9  # each observation entry lies in [0, obs_num_values)
+    obs_linear: bool = False  # "xy"/"discrete": also add a linear embedding of the entries'
+    #   values scaled to [0, 1] (coordinates as numbers as well as categories: a cell's
+    #   offset from a remembered cell is then a linear feature; tables alone are unordered)
     d_model: int = 64  # residual stream width
     num_layers: int = 4  # transformer blocks
     num_heads: int = 4  # attention heads; d_model must be divisible by it
@@ -177,6 +180,9 @@ class ModelConfig:
         if self.prev_obs_token and self.token_layout != "step":
             raise ValueError("ModelConfig.prev_obs_token needs token_layout='step' (in 'oar' "
                              "the previous observation is already a token of its own)")
+        if self.obs_linear and self.obs_encoder not in ("xy", "discrete"):
+            raise ValueError(f"ModelConfig.obs_linear needs obs_encoder 'xy' or 'discrete', "
+                             f"got {self.obs_encoder!r}")
         if self.obs_encoder == "xy" and self.obs_shape != (2,):
             raise ValueError(f"ModelConfig.obs_encoder='xy' needs obs_shape (2,), got "
                              f"{self.obs_shape}")
@@ -499,7 +505,13 @@ class ObsEncoder(nn.Module):
             onehot = jax.nn.one_hot(flat, V, dtype=jnp.float32).reshape(*obs.shape[:2], n * V)
             rows = n * V
         table = self.param("embedding", nn.initializers.normal(0.02), (rows, cfg.d_model))
-        return onehot @ table
+        x = onehot @ table
+        if cfg.obs_linear:  # ordinal part: value / (V - 1) in [0, 1] per entry
+            n = int(np.prod(cfg.obs_shape))
+            values = obs.reshape(*obs.shape[:2], n).astype(jnp.float32) / max(V - 1, 1)
+            x = x + values @ self.param("linear", nn.initializers.normal(0.02),
+                                        (n, cfg.d_model))
+        return x
 
     def _minigrid(self, obs) -> jax.Array:
         """``{"image": (B, T, V, V, 3), "direction": (B, T)}`` -> (B, T, d).

@@ -79,6 +79,7 @@ class DistillConfig:
     token_layout: str = "step"  # "step" (one token per step) or "oar" (paper's 3 tokens)
     positions: str = "rope"  # "rope" or "alibi"
     obs_encoder: str = ""  # "" picks the env's default ("cell" for grid cells)
+    obs_linear: bool = False  # add a linear embedding of the coordinates (ModelConfig.obs_linear)
     episode_start_token: bool = False  # tell the model which steps start an episode
     prev_obs_token: bool = False  # also give each step obs[t-1] (ModelConfig.prev_obs_token)
     episode_return_token: bool = False  # and the reward so far in its episode
@@ -97,6 +98,9 @@ class DistillConfig:
     # ---- data -----------------------------------------------------------------------------
     last_steps: int = 0  # > 0: Expert Distillation, windows only from each history's last
     #   last_steps steps (its final, expert episodes)
+    first_success_focus: float = 0.0  # fraction of windows placed around each history's
+    #   first success (WindowSampler.first_success_end): the moment one success in context
+    #   has to be acted on, rare among uniformly placed windows
     # ---- bookkeeping ----------------------------------------------------------------------
     checkpoint_every: int = 500  # steps between checkpoints (and at the end)
     log_every: int = 50  # steps between metric lines
@@ -115,6 +119,9 @@ class DistillConfig:
             raise ValueError(f"DistillConfig.last_steps must be >= 0, got {self.last_steps}")
         if self.targets not in TARGETS:
             raise ValueError(f"DistillConfig.targets must be one of {TARGETS}, got {self.targets!r}")
+        if not 0.0 <= self.first_success_focus <= 1.0:
+            raise ValueError(f"DistillConfig.first_success_focus must lie in [0, 1], got "
+                             f"{self.first_success_focus!r}")
 
     @property
     def window_steps(self) -> int:
@@ -129,7 +136,7 @@ def model_config_for(config: DistillConfig, env) -> ModelConfig:
         token_mask_prob=config.token_mask_prob, context=config.context,
         token_layout=config.token_layout, positions=config.positions, dtype=config.dtype,
         episode_start_token=config.episode_start_token, prev_obs_token=config.prev_obs_token,
-        episode_return_token=config.episode_return_token)
+        episode_return_token=config.episode_return_token, obs_linear=config.obs_linear)
     if config.obs_encoder:
         overrides["obs_encoder"] = config.obs_encoder
     return ModelConfig.for_env(env, **overrides)
@@ -151,11 +158,18 @@ class WindowSampler:
     step field the model learns to predict (``action``, or ``intended_action`` where the
     source stored its choice before injected noise); the inputs always carry the
     executed actions.
+
+    ``first_success_focus`` = p: each window is, with probability p, placed so that the
+    last step of its history's first success (``first_success_end``) lies in its first
+    half (start uniform over ``[end - T/2, end]``), so that the rest of the window shows
+    what follows one success; histories without a success, and the other windows, are
+    placed uniformly. With p = 0 the draws are exactly those of uniform placement.
     """
 
     def __init__(self, dataset: Dataset, window: int, batch_size: int, seed: int,
                  num_actions: int, last_steps: int = 0, prev_obs: bool = False,
-                 episode_return: bool = False, targets: str = "action"):
+                 episode_return: bool = False, targets: str = "action",
+                 first_success_focus: float = 0.0):
         T, n = window, dataset.num_steps
         if n < T:
             raise ValueError(f"{dataset.path}: histories have {n} steps, too short for "
@@ -175,11 +189,21 @@ class WindowSampler:
             done = dataset.step_table("terminated") | dataset.step_table("truncated")
             start = np.concatenate([np.ones((len(done), 1), bool), done[:, :-1]], axis=1)
             self.returns = running_episode_return(dataset.step_table("reward"), start)
+        if not 0.0 <= first_success_focus <= 1.0:
+            raise ValueError(f"first_success_focus must lie in [0, 1], got {first_success_focus!r}")
+        self.focus = first_success_focus
+        self.success_end = first_success_end(dataset) if self.focus > 0 else None
 
     def indices(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([self.seed, step])
         history = rng.integers(0, self.dataset.num_histories, self.B)
         start = rng.integers(self.lo, self.hi + 1, self.B)
+        if self.focus > 0:  # extra draws only here, so p = 0 keeps the uniform stream
+            end = self.success_end[history]
+            lo = np.clip(end - self.T // 2, self.lo, self.hi)
+            hi = np.clip(end, self.lo, self.hi)
+            focused = rng.integers(lo, hi + 1)
+            start = np.where((rng.random(self.B) < self.focus) & (end >= 0), focused, start)
         return history, start
 
     def batch(self, step: int) -> Batch:
@@ -222,6 +246,20 @@ class WindowSampler:
         target = action if self.targets == "action" else take(getattr(rows, self.targets))
         return Batch(inputs=inputs, target_action=target.astype(np.int32),
                      mask=np.ones(action.shape, np.float32))
+
+
+def first_success_end(dataset: Dataset, frac: float = 0.9) -> np.ndarray:
+    """(histories,) int64: the last step of each history's first *success*, an episode whose
+    return reaches ``frac`` times the best episode return of that history; -1 where no
+    episode pays anything. (Key-to-Door: the first episode with key and door.)"""
+    reward = dataset.step_table("reward").astype(np.float64)
+    done = dataset.step_table("terminated") | dataset.step_table("truncated")
+    start = np.concatenate([np.ones((len(done), 1), bool), done[:, :-1]], axis=1)
+    returns = running_episode_return(reward, start) + reward  # episode return up to t, incl.
+    at_end = np.where(done, returns, -np.inf)
+    best = at_end.max(axis=1, keepdims=True)
+    hit = done & (returns >= frac * best) & (best > 0)
+    return np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
 
 
 class Prefetcher:
@@ -432,7 +470,8 @@ def distill(config: DistillConfig, overwrite: bool = False) -> Path:
                             model_config.num_actions, config.last_steps,
                             prev_obs=model_config.prev_obs_token,
                             episode_return=model_config.episode_return_token,
-                            targets=config.targets)
+                            targets=config.targets,
+                            first_success_focus=config.first_success_focus)
 
     metrics_path = run_dir / "metrics.jsonl"
     _truncate_metrics(metrics_path, start_step)

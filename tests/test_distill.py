@@ -134,6 +134,39 @@ def test_expert_distillation_windows_come_from_the_end(darkroom_data):
     assert starts.min() >= ds.num_steps - 20 and starts.max() <= ds.num_steps - 8
 
 
+def test_first_success_end_by_hand_and_focused_windows(darkroom_data):
+    """first_success_end against a plain loop over episodes; focused windows hold it in
+    their first half; p = 0 is uniform placement draw for draw."""
+    from ad.train import first_success_end
+    ds = load_dataset(darkroom_data)
+    ends = first_success_end(ds)
+    for i in range(ds.num_histories):
+        h = ds.history(i)
+        done = np.flatnonzero(np.logical_or(h.terminated, h.truncated))
+        bounds = zip(np.r_[0, done[:-1] + 1], done)
+        returns = [(h.reward[a:b + 1].sum(), b) for a, b in bounds]
+        best = max(r for r, _ in returns)
+        want = next(b for r, b in returns if r >= 0.9 * best) if best > 0 else -1
+        assert ends[i] == want
+    assert (ends >= 0).any()
+    T = 8
+    sampler = WindowSampler(ds, window=T, batch_size=64, seed=0, num_actions=5,
+                            first_success_focus=1.0)
+    for step in range(5):
+        hist, start = sampler.indices(step)
+        e = ends[hist]
+        lo = np.clip(e - T // 2, 0, ds.num_steps - T)
+        hi = np.clip(e, 0, ds.num_steps - T)
+        assert ((start >= lo) & (start <= hi))[e >= 0].all()
+    uniform = WindowSampler(ds, window=T, batch_size=64, seed=0, num_actions=5)
+    off = WindowSampler(ds, window=T, batch_size=64, seed=0, num_actions=5,
+                        first_success_focus=0.0)
+    for a, b in zip(uniform.indices(3), off.indices(3)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="first_success_focus"):
+        DistillConfig(dataset="d", out="o", first_success_focus=1.5)
+
+
 def _params_equal(a, b):
     return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 

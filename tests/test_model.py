@@ -452,7 +452,8 @@ def _decode_all(params, cfg, inputs: StepInputs):
 def test_kv_cache_decode_equals_full_banded_forward(layout, pos, starts):
     cfg = tiny(token_layout=layout, positions=pos, context=4, num_layers=3, d_model=32,
                num_heads=4, mlp_dim=64, episode_start_token=starts, prev_obs_token=starts,
-               episode_return_token=starts)
+               episode_return_token=starts, obs_encoder="xy" if starts else "cell",
+               obs_linear=starts)
     params = params_for(cfg)
     T = 40  # 10x the band
     inp = inputs_np(8, 3, T)
@@ -501,6 +502,27 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
     ref = forward(dataclasses.replace(cfg, dtype="float32"), params)(inp)
     assert out.dtype == jnp.float32
     np.testing.assert_allclose(out, ref, atol=5e-2)
+
+
+def test_obs_linear_embedding_by_hand():
+    """obs_linear adds value / (V - 1) @ W to the tables' embedding, for obs and prev_obs."""
+    from ad.model import ObsEncoder
+    cfg = tiny(obs_encoder="xy", obs_linear=True)
+    obs = jnp.asarray([[[0, 8], [4, 2]]], jnp.int32)  # (B=1, T=2, 2)
+    enc = ObsEncoder(cfg)
+    p = enc.init(jax.random.key(0), obs)["params"]
+    table, w = np.asarray(p["embedding"]), np.asarray(p["linear"])
+    assert w.shape == (2, cfg.d_model)
+    x, y = np.array([0, 4]), np.array([8, 2])
+    want = table[x] + table[9 + y] + np.stack([x, y], -1) / 8.0 @ w
+    np.testing.assert_allclose(np.asarray(enc.apply({"params": p}, obs))[0], want, atol=1e-6)
+    # Without the flag no "linear" parameter exists: old checkpoints load unchanged.
+    plain = ObsEncoder(tiny(obs_encoder="xy")).init(jax.random.key(0), obs)["params"]
+    assert set(plain) == {"embedding"}
+    params = params_for(tiny(obs_encoder="xy", obs_linear=True, prev_obs_token=True))
+    assert "linear" in params["obs_embed"] and "linear" in params["prev_obs_embed"]
+    with pytest.raises(ValueError, match="obs_linear"):
+        tiny(obs_encoder="cell", obs_linear=True)
 
 
 def test_discrete_encoder_for_bandit_like_obs():
