@@ -28,6 +28,13 @@ steps are off-policy, so they are left out of the policy loss and the entropy bo
 The histories then show failed episodes after the agent has learned, followed by its
 recoveries, with clean labels throughout (``DistillConfig.targets="intended_action"``).
 With ``slip_prob = 0`` every draw and update is as without the option.
+
+Sharpened labels (``label_temperature = tau < 1``): ``intended_action`` records the
+policy's sample at temperature ``tau``, ``argmax(logits / tau + g)`` with the *same*
+Gumbel noise ``g`` that drew the executed action ``argmax(logits + g)`` (so the two agree
+wherever the policy is decided, and ``tau -> 0`` is its mode). PPO itself acts and
+learns exactly as without the option; a model distilled on these labels imitates a
+less noisy version of the same learner.
 """
 
 from __future__ import annotations
@@ -74,6 +81,8 @@ class Config:
     encoding: str = "onehot"  # observation encoding, see source_agents.networks
     rollout_unroll: int = 1  # lax.scan unroll of the env-step loop (speed only)
     slip_prob: float = 0.0  # P(an episode is a slip: uniform random actions throughout)
+    label_temperature: float = 1.0  # < 1: record the policy's sample at this temperature
+    #   (same Gumbel noise) as intended_action; acting and learning are unchanged
 
     def __post_init__(self):
         for name in ("num_steps", "rollout_len", "num_epochs", "num_minibatches", "rollout_unroll"):
@@ -97,6 +106,10 @@ class Config:
         p = self.slip_prob
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
             raise ValueError(f"ppo.Config.slip_prob must be a number in [0, 1), got {p!r}")
+        tau = self.label_temperature
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0.0 < tau <= 1.0:
+            raise ValueError(f"ppo.Config.label_temperature must be a number in (0, 1], got "
+                             f"{tau!r}")
         for name in ("lr", "gamma", "gae_lambda", "clip_eps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ppo.Config.{name} must be > 0, got {getattr(self, name)!r}")
@@ -291,8 +304,12 @@ def make_train(env: Environment, config: Config):
                 key_step, noise, random_action, slip_next = xs
                 x = encoder.encode(obs, env.source_features(env_state))
                 logits, value = network.apply(net_params, x)
-                intended = jnp.argmax(logits + noise).astype(jnp.int32)
-                action = jnp.where(slipping, random_action, intended)
+                sampled = jnp.argmax(logits + noise).astype(jnp.int32)
+                action = jnp.where(slipping, random_action, sampled)
+                intended = sampled
+                if config.label_temperature < 1.0:  # the same draw at a lower temperature
+                    intended = jnp.argmax(logits / config.label_temperature + noise).astype(
+                        jnp.int32)
                 log_prob = jnp.sum(jax.nn.log_softmax(logits) * one_hot(action, num_actions))
                 next_obs, next_state, reward, terminated, truncated, info = env.step(
                     key_step, env_state, action, params
@@ -334,7 +351,7 @@ def make_train(env: Environment, config: Config):
             )
             record = LearningHistory(
                 traj.obs, traj.action, traj.reward, traj.terminated, traj.truncated,
-                traj.intended if config.slip_prob > 0 else None,
+                traj.intended if config.slip_prob > 0 or config.label_temperature < 1 else None,
             )
             return (net_params, opt_state, obs, env_state, slipping), record
 

@@ -155,6 +155,35 @@ def test_slips_execute_random_episodes_labelled_with_the_policy():
     assert executed < 0.5 and labels > executed + 0.2, (labels, executed)
 
 
+def test_sharpened_labels_leave_acting_unchanged():
+    """label_temperature < 1: the executed history is draw for draw the plain one; the
+    labels are the same Gumbel draw at a lower temperature, so they agree with the executed
+    actions where the policy is decided and head for the goal more often where it is not."""
+    env = envs.make("darkroom", size=5, horizon=10)
+    tasks = env.tasks("train")
+    n = tasks.goal.shape[0]
+    keys = jax.random.split(jax.random.key(0), n)
+    run = lambda config: jax.jit(jax.vmap(ppo.make_train(env, config)))(keys, tasks)
+    plain = run(ppo.Config(num_steps=2048, **TINY))
+    sharp = run(ppo.Config(num_steps=2048, label_temperature=0.25, **TINY))
+    for name in ("obs", "action", "reward", "terminated", "truncated"):
+        np.testing.assert_array_equal(getattr(plain, name), getattr(sharp, name))
+    action, label = np.asarray(sharp.action), np.asarray(sharp.intended_action)
+    agree = (action == label).reshape(n, -1)
+    assert 0.5 < agree.mean() < 1.0
+    assert agree[:, -400:].mean() > agree[:, :400].mean()  # decided late, soft early
+    obs, goal = np.asarray(sharp.obs), np.asarray(tasks.goal)[:, None]
+
+    def heads_for_goal(a):
+        after = np.clip(obs + MOVES[a], 0, 4)
+        before_dist, after_dist = np.abs(obs - goal).sum(-1), np.abs(after - goal).sum(-1)
+        return ((after_dist < before_dist) | (after_dist == 0))[:, :1000].mean()
+
+    assert heads_for_goal(label) > heads_for_goal(action) + 0.02
+    with pytest.raises(ValueError, match="label_temperature"):
+        ppo.Config(label_temperature=0.0)
+
+
 def test_key_to_door_history_is_consistent():
     # Key-to-Door resets to random cells: replay with the agent's own key stream is not
     # reachable from outside, so check the stream's own invariants instead.
