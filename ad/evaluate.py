@@ -49,6 +49,8 @@ class Rollout(NamedTuple):
     action: jax.Array  # (N, S) int32
     reward: jax.Array  # (N, S) float32
     done: jax.Array  # (N, S) bool: the step ended an episode
+    obs: PyTree = None  # (N, S, ...) the observation each action was taken at (record_policy)
+    policy: jax.Array | None = None  # (N, S, A) float32: the sampled-from policy (record_policy)
 
 
 def _broadcast_obs(obs):
@@ -71,14 +73,16 @@ def _after_step(action, reward, done, obs, episode_return):
             jnp.where(done, 0.0, episode_return + reward))
 
 
-@partial(jax.jit, static_argnames=("config", "env", "num_steps", "temperature"))
+@partial(jax.jit, static_argnames=("config", "env", "num_steps", "temperature",
+                                   "record_policy"))
 def ad_rollout(params: PyTree, config: ModelConfig, env, tasks: PyTree, key: jax.Array,
                num_steps: int, temperature: float = 1.0,
-               prompt: LearningHistory | None = None) -> Rollout:
+               prompt: LearningHistory | None = None, record_policy: bool = False) -> Rollout:
     """Run the model in context on ``N`` tasks (``tasks`` leaves (N, ...)) for ``num_steps``.
 
     ``temperature`` scales the logits before sampling (1.0 = the policy itself; argmax
     policies are known to freeze on one action in Dark Room, so we sample).
+    ``record_policy`` also returns each step's observation and sampling distribution.
     """
     n = jax.tree.leaves(tasks)[0].shape[0]
     cache = init_cache(config, n)
@@ -113,6 +117,9 @@ def ad_rollout(params: PyTree, config: ModelConfig, env, tasks: PyTree, key: jax
             jax.random.split(env_key, n), state, action, tasks)
         done = jnp.logical_or(terminated, truncated)
         carry = (cache, next_obs, state, _after_step(action, reward, done, obs, prev[-1]))
+        if record_policy:
+            return carry, Rollout(action, reward, done, obs,
+                                  jax.nn.softmax(logits / temperature, axis=-1))
         return carry, Rollout(action, reward, done)
 
     carry = (cache, obs, state, prev)

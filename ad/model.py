@@ -266,6 +266,12 @@ class StepInputs(NamedTuple):
     episode_return: jax.Array | None = None
 
 
+def episode_start_from_done(done: np.ndarray) -> np.ndarray:
+    """``(..., T)`` bool: step ``t`` starts an episode (``t = 0``, or ``done[t-1]``)."""
+    done = np.asarray(done, bool)
+    return np.concatenate([np.ones(done.shape[:-1] + (1,), bool), done[..., :-1]], axis=-1)
+
+
 def running_episode_return(reward: np.ndarray, episode_start: np.ndarray,
                            before: np.ndarray | float = 0.0) -> np.ndarray:
     """``episode_return[t]``: the sum of ``reward[s]`` over the steps ``s < t`` of the

@@ -45,7 +45,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from ad.dataset import Dataset, load_dataset
-from ad.model import ADTransformer, ModelConfig, StepInputs, init_params, running_episode_return
+from ad.model import (ADTransformer, ModelConfig, StepInputs, episode_start_from_done,
+                      init_params, running_episode_return)
 from ad.train_step import Batch, TrainState, init_train_state, make_optimizer, make_train_step
 from ad.utils import atomic_write_bytes, atomic_write_text, provenance
 
@@ -187,8 +188,8 @@ class WindowSampler:
         self.returns = None
         if episode_return:  # (histories, steps) float32: running_episode_return per history
             done = dataset.step_table("terminated") | dataset.step_table("truncated")
-            start = np.concatenate([np.ones((len(done), 1), bool), done[:, :-1]], axis=1)
-            self.returns = running_episode_return(dataset.step_table("reward"), start)
+            self.returns = running_episode_return(dataset.step_table("reward"),
+                                                  episode_start_from_done(done))
         if not 0.0 <= first_success_focus <= 1.0:
             raise ValueError(f"first_success_focus must lie in [0, 1], got {first_success_focus!r}")
         self.focus = first_success_focus
@@ -254,8 +255,8 @@ def first_success_end(dataset: Dataset, frac: float = 0.9) -> np.ndarray:
     episode pays anything. (Key-to-Door: the first episode with key and door.)"""
     reward = dataset.step_table("reward").astype(np.float64)
     done = dataset.step_table("terminated") | dataset.step_table("truncated")
-    start = np.concatenate([np.ones((len(done), 1), bool), done[:, :-1]], axis=1)
-    returns = running_episode_return(reward, start) + reward  # episode return up to t, incl.
+    # each step's episode return so far, that step's reward included
+    returns = running_episode_return(reward, episode_start_from_done(done)) + reward
     at_end = np.where(done, returns, -np.inf)
     best = at_end.max(axis=1, keepdims=True)
     hit = done & (returns >= frac * best) & (best > 0)

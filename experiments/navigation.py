@@ -31,16 +31,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from functools import partial
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ad import evaluate as ev
 from ad.dataset import load_dataset
-from ad.model import ADTransformer, decode_step, init_cache, running_episode_return
+from ad.model import ADTransformer, episode_start_from_done, running_episode_return
 from ad.train import WindowSampler, load_model
 from ad.utils import atomic_write_text, provenance
 from envs.darkroom import MOVES
@@ -82,7 +80,7 @@ def stream_counts(reward: np.ndarray, done: np.ndarray):
     whether the key is held when it is taken (reward so far in its episode >= 1), and
     whether it is the first step of its phase (an episode's first step, or the first
     step after the key was picked up)."""
-    start = np.concatenate([np.ones((len(done), 1), bool), done[:, :-1]], axis=1)
+    start = episode_start_from_done(done)
     so_far = running_episode_return(reward, start)
     success_end = done & (so_far + reward >= 2)
     before = np.cumsum(success_end, axis=1) - success_end
@@ -129,40 +127,14 @@ def teacher_forced(model, windows: int, batch: int = 64, seed: int = 123) -> dic
             "phase_start": tally(mass, succ, held, scored & first)}
 
 
-@partial(jax.jit, static_argnames=("config", "env", "num_steps"))
-def _rollout_with_policy(params, config, env, tasks, key, num_steps: int):
-    """``ad_rollout`` that also returns each step's obs, has-key flag and policy."""
-    n = jax.tree.leaves(tasks)[0].shape[0]
-    reset_key, key = jax.random.split(key)
-    obs, state = jax.vmap(env.reset)(jax.random.split(reset_key, n), tasks)
-    zeros = jnp.zeros((n,), jnp.float32)
-    prev = (jnp.full((n,), config.num_actions, jnp.int32), zeros, jnp.ones((n,), bool),
-            jnp.zeros_like(obs), zeros)
-
-    def body(carry, step_key):
-        cache, obs, state, prev = carry
-        act_key, env_key = jax.random.split(step_key)
-        logits, cache = decode_step(params, config, cache, ev._step_inputs(obs, *prev))
-        action = jax.random.categorical(act_key, logits).astype(jnp.int32)
-        next_obs, next_state, reward, terminated, truncated, _ = jax.vmap(env.step)(
-            jax.random.split(env_key, n), state, action, tasks)
-        done = jnp.logical_or(terminated, truncated)
-        record = (obs, state.has_key, jax.nn.softmax(logits), reward, done)
-        return (cache, next_obs, next_state,
-                ev._after_step(action, reward, done, obs, prev[-1])), record
-
-    carry = (init_cache(config, n), obs, state, prev)
-    _, out = jax.lax.scan(body, carry, jax.random.split(key, num_steps))
-    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), out)
-
-
 def closed_loop(model, tasks: int, episodes: int, seed: int = 1) -> dict:
     env = model.env
     test = ev.eval_tasks(env, "test", tasks, jax.random.PRNGKey(seed))
-    obs, has_key, pi, reward, done = [np.asarray(x) for x in _rollout_with_policy(
-        model.params, model.config, env, test, jax.random.PRNGKey(seed + 1),
-        episodes * env.horizon)]
-    successes, _, first = stream_counts(reward, done)
+    rollout = ev.ad_rollout(model.params, model.config, env, test, jax.random.PRNGKey(seed + 1),
+                            episodes * env.horizon, record_policy=True)
+    obs, pi, reward, done = (np.asarray(x) for x in (rollout.obs, rollout.policy,
+                                                      rollout.reward, rollout.done))
+    successes, has_key, first = stream_counts(reward, done)
     target = np.where(has_key[..., None], np.asarray(test.door_cell)[:, None],
                       np.asarray(test.key_cell)[:, None])
     closer = closer_mask(obs, target, env.size)

@@ -62,6 +62,23 @@ def test_navigation_cli_on_a_tiny_key_to_door_run(tmp_path):
     run_mod.run(setting, seeds=(0,), data_root=tmp_path / "d", runs_root=tmp_path / "r",
                 out_root=tmp_path / "o", quiet=True)
     run_dir = tmp_path / "r" / "tiny-k2d" / "ad-seed0"
+    # record_policy changes nothing the rollout does: same actions, rewards and ends under
+    # the same key, and the recorded policies are distributions
+    import jax
+    import numpy as np
+
+    from ad import evaluate as ev
+    from ad.train import load_model
+    model = load_model(run_dir)
+    tasks = ev.eval_tasks(model.env, "test", 3, jax.random.PRNGKey(0))
+    plain = ev.ad_rollout(model.params, model.config, model.env, tasks, jax.random.PRNGKey(1), 120)
+    rec = ev.ad_rollout(model.params, model.config, model.env, tasks, jax.random.PRNGKey(1), 120,
+                        record_policy=True)
+    assert plain.obs is None and plain.policy is None
+    for name in ("action", "reward", "done"):
+        np.testing.assert_array_equal(getattr(plain, name), getattr(rec, name))
+    assert rec.obs.shape == (3, 120, 2) and rec.policy.shape == (3, 120, 5)
+    np.testing.assert_allclose(np.asarray(rec.policy).sum(-1), 1.0, atol=1e-5)
     out = tmp_path / "nav.json"
     navigation.main([str(run_dir), "--tasks", "4", "--episodes", "20", "--windows", "16",
                      "--out", str(out)])
