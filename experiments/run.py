@@ -50,8 +50,13 @@ def _pseudo_regret(env, tasks, actions: np.ndarray) -> np.ndarray:
 
 
 def evaluate_setting(setting: Setting, ad_models: list, ed_models: list, seed: int = 1234,
-                     splits=("test", "train"), quiet: bool = True) -> dict:
-    """All curves for one setting: ``{split: {label: (rows, E) array}}`` plus optimum."""
+                     splits=("test", "train"), quiet: bool = True,
+                     temperature: float = 1.0) -> dict:
+    """All curves for one setting: ``{split: {label: (rows, E) array}}`` plus optimum.
+
+    AD and ED sample their actions from ``softmax(logits / temperature)``; 1.0 is the
+    policy itself (what every figure in the README uses unless it says otherwise).
+    """
     def stage(text):  # each stage is one long jitted call: say what is running
         if not quiet:
             print(f"[{time.strftime('%H:%M:%S')}] evaluate: {text}", flush=True)
@@ -74,7 +79,8 @@ def evaluate_setting(setting: Setting, ad_models: list, ed_models: list, seed: i
             for i, m in enumerate(models):
                 stage(f"{label} model {i + 1}/{len(models)} on {where}")
                 r = ev.ad_rollout(m.params, m.config, env, tasks,
-                                  jax.random.fold_in(key, 100 + i), num_steps)
+                                  jax.random.fold_in(key, 100 + i), num_steps,
+                                  temperature=temperature)
                 rows.append(ev.episode_curve(r, E))
                 if _is_bandit(env):
                     reg.append(_pseudo_regret(env, tasks, r.action))
@@ -197,7 +203,10 @@ def print_summary(setting: Setting, summary: dict) -> None:
 
 
 def run(setting: Setting, seeds=(0,), with_ed: bool = False, data_root="data", runs_root="runs",
-        out_root="results", distill_overrides: dict | None = None, quiet: bool = False) -> dict:
+        out_root="results", distill_overrides: dict | None = None, quiet: bool = False,
+        temperature: float = 1.0) -> dict:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
     t0 = time.time()
     timings = {}
     data_dir = Path(data_root) / setting.name
@@ -223,7 +232,7 @@ def run(setting: Setting, seeds=(0,), with_ed: bool = False, data_root="data", r
             timings[f"distill_ed_seed{seed}_s"] = time.time() - t
             ed_models.append(load_model(run_dir))
     t = time.time()
-    results = evaluate_setting(setting, ad_models, ed_models, quiet=quiet)
+    results = evaluate_setting(setting, ad_models, ed_models, quiet=quiet, temperature=temperature)
     timings["evaluate_s"] = time.time() - t
     timings["total_s"] = time.time() - t0
     summary = summarise(setting, results)
@@ -238,7 +247,7 @@ def run(setting: Setting, seeds=(0,), with_ed: bool = False, data_root="data", r
                     title=f"{setting.name}: cumulative regret", ylabel="cumulative regret",
                     xlabel="pull")
     record = {"setting": dataclasses.asdict(setting), "seeds": list(seeds), "with_ed": with_ed,
-              "distill": distill_kw, "summary": summary, "timings": timings,
+              "distill": distill_kw, "temperature": temperature, "summary": summary, "timings": timings,
               "results": _jsonable(results), **provenance()}
     atomic_write_text(out_dir / "eval.json", json.dumps(record, indent=1))
     if not quiet:
@@ -287,7 +296,13 @@ def main(argv=None) -> int:
                    help="on a CPU, split the host into N JAX devices so distillation runs data "
                         "parallel over them (batch sizes must divide by N; see "
                         "benchmarks/ad_throughput.py for the speed-up). Default 1")
+    p.add_argument("--temperature", type=float, default=1.0, metavar="T",
+                   help="AD/ED act by sampling from softmax(logits / T) in evaluation: 1 is the "
+                        "trained policy (default), < 1 sharper, > 1 flatter. Trained models are "
+                        "reused, so a rerun with a new --out only re-evaluates")
     args = p.parse_args(argv)
+    if not args.temperature > 0:
+        p.error(f"--temperature must be > 0, got {args.temperature}")
     if args.cpu_devices < 1:
         p.error(f"--cpu-devices must be >= 1, got {args.cpu_devices}")
     reexec_with_hugepage_malloc()  # ~30% faster training steps on CPU (ad.utils)
@@ -295,7 +310,7 @@ def main(argv=None) -> int:
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     run(get_setting(args.setting), seeds=tuple(args.seeds), with_ed=args.ed, data_root=args.data,
         runs_root=args.runs, out_root=args.out, distill_overrides=_parse_kv(args.distill_override),
-        quiet=args.quiet)
+        quiet=args.quiet, temperature=args.temperature)
     return 0
 
 

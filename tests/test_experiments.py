@@ -58,12 +58,22 @@ def test_tiny_bandit_pipeline_writes_results(tmp_path):
         assert abs(np.mean(curves["random"]["mean"]) - 0.5) < 0.1
         s = record["summary"][split]
         assert s["source"]["cumulative_regret"] < s["random"]["cumulative_regret"]
-    # rerunning reuses the dataset and the models (nothing is retrained)
+    assert saved["temperature"] == 1.0
+    # rerunning reuses the dataset and the models (nothing is retrained); a new sampling
+    # temperature only re-evaluates, and the record says which one was used
     before = (tmp_path / "r" / "tiny-bandit" / "ad-seed0" / "model" / "params.msgpack").stat().st_mtime
     run_mod.run(dataclasses.replace(setting), seeds=(0,), data_root=tmp_path / "d",
-                runs_root=tmp_path / "r", out_root=tmp_path / "o", quiet=True)
+                runs_root=tmp_path / "r", out_root=tmp_path / "o2", quiet=True, temperature=0.5)
     after = (tmp_path / "r" / "tiny-bandit" / "ad-seed0" / "model" / "params.msgpack").stat().st_mtime
     assert before == after
+    sharp = json.loads((tmp_path / "o2" / "tiny-bandit" / "eval.json").read_text())
+    assert sharp["temperature"] == 0.5
+    assert sharp["results"]["test"]["curves"]["AD"] != saved["results"]["test"]["curves"]["AD"]
+    with pytest.raises(ValueError, match="temperature"):
+        run_mod.run(setting, data_root=tmp_path / "d", runs_root=tmp_path / "r",
+                    out_root=tmp_path / "o3", quiet=True, temperature=0.0)
+    with pytest.raises(SystemExit):
+        run_mod.main(["bandit", "--temperature", "0"])  # refused before anything runs
 
 
 def test_trained_episode_and_improvement_by_hand():

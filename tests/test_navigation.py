@@ -79,6 +79,13 @@ def test_navigation_cli_on_a_tiny_key_to_door_run(tmp_path):
         np.testing.assert_array_equal(getattr(plain, name), getattr(rec, name))
     assert rec.obs.shape == (3, 120, 2) and rec.policy.shape == (3, 120, 5)
     np.testing.assert_allclose(np.asarray(rec.policy).sum(-1), 1.0, atol=1e-5)
+    # temperature 0.5 samples from softmax(2 * logits), i.e. p**2 renormalised; the first
+    # step's inputs do not depend on earlier actions, so its policies compare directly
+    sharp = ev.ad_rollout(model.params, model.config, model.env, tasks, jax.random.PRNGKey(1),
+                          120, record_policy=True, temperature=0.5)
+    p1 = np.asarray(rec.policy[:, 0], np.float64)
+    np.testing.assert_allclose(sharp.policy[:, 0], p1**2 / (p1**2).sum(-1, keepdims=True),
+                               rtol=1e-4, atol=1e-6)
     out = tmp_path / "nav.json"
     navigation.main([str(run_dir), "--tasks", "4", "--episodes", "20", "--windows", "16",
                      "--out", str(out)])
