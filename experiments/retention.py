@@ -76,7 +76,9 @@ def first_success_split(success: np.ndarray, valid: np.ndarray | None = None) ->
     - ``recovery_any``: ``P(success | the last episode failed, some earlier one
       succeeded)``: going back after any number of failures;
     - ``ever``: the fraction of streams with at least one success;
-    - ``after_first``: the success rate over all episodes after a stream's first success.
+    - ``after_first``: the success rate over all episodes after a stream's first success;
+    - ``follow_up``: ``P(success | the episode right before was the stream's first
+      success)``: acting on one success, the moment an in-context learner is made for.
     Each is ``{"p", "episodes"}`` (``"streams"`` for ``ever``); ``p`` None when empty.
     """
     success = np.asarray(success, bool)
@@ -96,7 +98,8 @@ def first_success_split(success: np.ndarray, valid: np.ndarray | None = None) ->
             "recovery": rate(valid & slipped),
             "recovery_any": rate(valid & (before > 0) & last_failed),
             "ever": {"p": float(ever.mean()) if len(ever) else None, "streams": int(len(ever))},
-            "after_first": rate(valid & (before > 0))}
+            "after_first": rate(valid & (before > 0)),
+            "follow_up": rate(valid & (before == 1) & ~last_failed)}
 
 
 def _source_from_spec(spec):
@@ -212,7 +215,8 @@ def main(argv=None) -> int:
               + "".join(f"{c:>30s}" for c in cells))
     names = {"discovery": "P(success | none yet)", "recovery": "P(success | 1, then 1 failure)",
              "recovery_any": "P(success | 1, then failures)",
-             "ever": "streams with a success", "after_first": "success rate after the first"}
+             "ever": "streams with a success", "after_first": "success rate after the first",
+             "follow_up": "P(success | first success last)"}
     for name, text in names.items():
         cells = []
         for lab in labels:

@@ -253,6 +253,10 @@ def test_first_success_split_by_hand():
     assert split["ever"] == {"p": 2 / 3, "streams": 3}
     # after the first success: row 0 eps 2-6 (1, 0, 1, 1, 1), row 1 eps 1-6 (1,0,0,1,0,1)
     assert split["after_first"] == {"p": 7 / 11, "episodes": 11}
+    # right after the first success: row 0 ep 2 (1), row 1 ep 1 (1); row 2 never succeeds
+    assert split["follow_up"] == {"p": 1.0, "episodes": 2}
+    s[0, 2] = False  # row 0 now fails right after its first success
+    assert first_success_split(s)["follow_up"] == {"p": 1 / 2, "episodes": 2}
     # padded episodes count nowhere
     split = first_success_split(np.ones((1, 4), bool), np.array([[1, 1, 0, 0]], bool))
     assert split["after_first"] == {"p": 1.0, "episodes": 1}
