@@ -63,6 +63,12 @@ mutable, so training pays nothing). ``N = T * tokens_per_step``:
     ln_final.hook_normalized         (B, T, d)   only the tokens that predict actions
     hook_logits                      (B, T, num_actions)
 
+Auxiliary task head (``ModelConfig.task_entries`` > 0): a linear read-out of the same
+final residual predicts the task's discrete entries (Key-to-Door: key x, key y, door x,
+door y) at every step, trained beside the actions (``ad.train_step.loss_fn``). It asks
+the model to hold, at every step, what its context says about where the cells are,
+instead of only what a recent path did; acting never uses it.
+
 Evaluation: ``init_cache`` / ``decode_step`` (rolling KV cache, exact), and the paper's
 baseline ``init_recompute_buffer`` / ``recompute_step`` (full forward over the last
 ``window`` steps at every step).
@@ -142,6 +148,10 @@ class ModelConfig:
     attention_impl: str = "auto"  # "dense": (N, N) masked scores; "blocked": query blocks of
     #   c steps attend to their own and the previous block only (2/3 of the work at T=3c,
     #   less for longer windows); "auto": blocked when the window spans >= 3 blocks
+    task_entries: int = 0  # > 0: an auxiliary head predicts that many discrete task entries
+    #   (e.g. Key-to-Door's key and door x, y), each over obs_num_values classes, from
+    #   every step's final residual (ADTransformer.with_task_logits). Training signal
+    #   only: acting (decode_step) never reads it
 
     def __post_init__(self):
         object.__setattr__(self, "obs_shape", tuple(int(s) for s in self.obs_shape))
@@ -183,6 +193,9 @@ class ModelConfig:
         if self.obs_linear and self.obs_encoder not in ("xy", "discrete"):
             raise ValueError(f"ModelConfig.obs_linear needs obs_encoder 'xy' or 'discrete', "
                              f"got {self.obs_encoder!r}")
+        if not isinstance(self.task_entries, (int, np.integer)) or self.task_entries < 0:
+            raise ValueError(f"ModelConfig.task_entries must be an int >= 0, got "
+                             f"{self.task_entries!r}")
         if self.obs_encoder == "xy" and self.obs_shape != (2,):
             raise ValueError(f"ModelConfig.obs_encoder='xy' needs obs_shape (2,), got "
                              f"{self.obs_shape}")
@@ -264,6 +277,13 @@ class StepInputs(NamedTuple):
     # (B, T) float32: reward collected in the current episode before step t (0 at an
     # episode start). Read only by models with ModelConfig.episode_return_token.
     episode_return: jax.Array | None = None
+
+
+class TaskOutputs(NamedTuple):
+    """``ADTransformer.with_task_logits``: action and auxiliary task-head logits."""
+
+    logits: jax.Array  # (B, T, num_actions) float32, as ADTransformer.__call__
+    task_logits: jax.Array  # (B, T, task_entries, obs_num_values) float32
 
 
 def episode_start_from_done(done: np.ndarray) -> np.ndarray:
@@ -815,6 +835,9 @@ class ADTransformer(nn.Module):
         self.blocks = [Block(cfg) for _ in range(cfg.num_layers)]
         self.ln_final = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32)
         self.head = nn.Dense(cfg.num_actions, kernel_init=init, dtype=jnp.float32)
+        if cfg.task_entries:
+            self.task_head = nn.Dense(cfg.task_entries * cfg.obs_num_values, kernel_init=init,
+                                      dtype=jnp.float32)
 
     # ---- shared pieces -------------------------------------------------------------------
     def _embed(self, inputs: StepInputs, train: bool) -> jax.Array:
@@ -867,6 +890,25 @@ class ADTransformer(nn.Module):
 
     # ---- full (training) forward ------------------------------------------------------------
     def __call__(self, inputs: StepInputs, *, train: bool, valid=None) -> jax.Array:
+        x = self._trunk(inputs, train, valid)
+        if self.config.task_entries and self.is_initializing():
+            self._task_logits(x)  # create the auxiliary head's params with the rest
+        return self._logits(x)
+
+    def with_task_logits(self, inputs: StepInputs, *, train: bool, valid=None) -> "TaskOutputs":
+        """The action logits of ``__call__`` and the auxiliary task head's, one pass."""
+        if not self.config.task_entries:
+            raise ValueError("ADTransformer.with_task_logits needs ModelConfig.task_entries > 0")
+        x = self._trunk(inputs, train, valid)
+        return TaskOutputs(logits=self._logits(x), task_logits=self._task_logits(x))
+
+    def _task_logits(self, x: jax.Array) -> jax.Array:
+        cfg = self.config
+        h = self.task_head(self.ln_final(x))
+        return h.reshape(*h.shape[:-1], cfg.task_entries, cfg.obs_num_values)
+
+    def _trunk(self, inputs: StepInputs, train: bool, valid) -> jax.Array:
+        """(B, T, d): the final residual of the tokens that predict ``action[t]``."""
         cfg = self.config
         K = cfg.tokens_per_step
         x = self._embed(inputs, train)  # (B, N, d)
@@ -882,7 +924,7 @@ class ADTransformer(nn.Module):
             rope = (jnp.asarray(cos)[:, None], jnp.asarray(sin)[:, None])  # (N, 1, Dh/2)
         for block in self.blocks:
             x = block(x, bias, rope, train)
-        return self._logits(x[:, K - 1:T * K:K])  # the tokens that predict action[t]
+        return x[:, K - 1:T * K:K]  # the tokens that predict action[t]
 
     # ---- one step with a rolling KV cache ----------------------------------------------------
     def decode(self, step: StepInputs, cache: "KVCache"):

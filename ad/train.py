@@ -102,6 +102,9 @@ class DistillConfig:
     first_success_focus: float = 0.0  # fraction of windows placed around each history's
     #   first success (WindowSampler.first_success_end): the moment one success in context
     #   has to be acted on, rare among uniformly placed windows
+    task_loss_weight: float = 0.0  # > 0: also train an auxiliary head to predict the
+    #   history's discrete task entries (task_targets) at every step, with this weight
+    #   (ModelConfig.task_entries; the head is never used to act)
     # ---- bookkeeping ----------------------------------------------------------------------
     checkpoint_every: int = 500  # steps between checkpoints (and at the end)
     log_every: int = 50  # steps between metric lines
@@ -120,6 +123,9 @@ class DistillConfig:
             raise ValueError(f"DistillConfig.last_steps must be >= 0, got {self.last_steps}")
         if self.targets not in TARGETS:
             raise ValueError(f"DistillConfig.targets must be one of {TARGETS}, got {self.targets!r}")
+        if not self.task_loss_weight >= 0.0:
+            raise ValueError(f"DistillConfig.task_loss_weight must be >= 0, got "
+                             f"{self.task_loss_weight!r}")
         if not 0.0 <= self.first_success_focus <= 1.0:
             raise ValueError(f"DistillConfig.first_success_focus must lie in [0, 1], got "
                              f"{self.first_success_focus!r}")
@@ -146,6 +152,27 @@ def model_config_for(config: DistillConfig, env) -> ModelConfig:
 # ----------------------------------------------------------------------------------------
 # Data: windows of histories -> batches
 # ----------------------------------------------------------------------------------------
+def task_targets(dataset: Dataset, num_values: int) -> np.ndarray:
+    """(histories, E) int32: every history's task params flattened to E discrete entries
+    (leaves in the stored order, each leaf's entries in C order), the auxiliary head's
+    targets. Each entry must be an integer in ``[0, num_values)`` (Key-to-Door: key x, key
+    y, door x, door y); real-valued tasks (bandit arm means) have no such head."""
+    columns = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(dataset.task_params())[0]:
+        name, leaf = "params" + jax.tree_util.keystr(path), np.asarray(leaf)
+        if leaf.dtype.kind not in "iu":
+            raise ValueError(f"{dataset.path}: task param {name!r} has dtype {leaf.dtype}; "
+                             f"task_loss_weight needs discrete (integer) task params")
+        if leaf.size and (leaf.min() < 0 or leaf.max() >= num_values):
+            raise ValueError(f"{dataset.path}: task param {name!r} takes values in "
+                             f"[{leaf.min()}, {leaf.max()}], outside the head's classes "
+                             f"[0, {num_values})")
+        columns.append(leaf.reshape(len(leaf), -1))
+    if not columns:
+        raise ValueError(f"{dataset.path}: no task params stored; task_loss_weight needs them")
+    return np.concatenate(columns, axis=1).astype(np.int32)
+
+
 class WindowSampler:
     """Deterministic batches of training windows: batch ``s`` depends only on (seed, s).
 
@@ -165,12 +192,15 @@ class WindowSampler:
     half (start uniform over ``[end - T/2, end]``), so that the rest of the window shows
     what follows one success; histories without a success, and the other windows, are
     placed uniformly. With p = 0 the draws are exactly those of uniform placement.
+
+    ``task_targets`` (histories, E) int32, optional (``task_targets()``): each batch then
+    carries its windows' rows as ``Batch.task_target`` for the auxiliary task head.
     """
 
     def __init__(self, dataset: Dataset, window: int, batch_size: int, seed: int,
                  num_actions: int, last_steps: int = 0, prev_obs: bool = False,
                  episode_return: bool = False, targets: str = "action",
-                 first_success_focus: float = 0.0):
+                 first_success_focus: float = 0.0, task_targets: np.ndarray | None = None):
         T, n = window, dataset.num_steps
         if n < T:
             raise ValueError(f"{dataset.path}: histories have {n} steps, too short for "
@@ -193,6 +223,10 @@ class WindowSampler:
         if not 0.0 <= first_success_focus <= 1.0:
             raise ValueError(f"first_success_focus must lie in [0, 1], got {first_success_focus!r}")
         self.focus = first_success_focus
+        if task_targets is not None and len(task_targets) != dataset.num_histories:
+            raise ValueError(f"{dataset.path}: task_targets has {len(task_targets)} rows for "
+                             f"{dataset.num_histories} histories")
+        self.task_targets = task_targets
         self.success_end = first_success_end(dataset) if self.focus > 0 else None
 
     def indices(self, step: int) -> tuple[np.ndarray, np.ndarray]:
@@ -246,7 +280,9 @@ class WindowSampler:
                             prev_obs=prev_obs, episode_return=episode_return)
         target = action if self.targets == "action" else take(getattr(rows, self.targets))
         return Batch(inputs=inputs, target_action=target.astype(np.int32),
-                     mask=np.ones(action.shape, np.float32))
+                     mask=np.ones(action.shape, np.float32),
+                     task_target=(None if self.task_targets is None
+                                  else self.task_targets[history]))
 
 
 def first_success_end(dataset: Dataset, frac: float = 0.9) -> np.ndarray:
@@ -421,7 +457,7 @@ class DataParallelStep:
 
 
 def data_parallel_train_step(model: ADTransformer, optimizer, label_smoothing: float = 0.0,
-                             devices=None) -> DataParallelStep:
+                             devices=None, task_weight: float = 0.0) -> DataParallelStep:
     """Data parallelism with ``jax.sharding``: XLA inserts the gradient all-reduce.
 
     On a CPU, ``jax.config.update("jax_num_cpu_devices", n)`` (or ``XLA_FLAGS=
@@ -432,7 +468,7 @@ def data_parallel_train_step(model: ADTransformer, optimizer, label_smoothing: f
     """
     mesh = Mesh(np.array(devices if devices is not None else jax.devices()), ("data",))
     replicated, data_sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    step = jax.jit(make_train_step(model, optimizer, label_smoothing),
+    step = jax.jit(make_train_step(model, optimizer, label_smoothing, task_weight),
                    in_shardings=(replicated, data_sharded),
                    out_shardings=(replicated, replicated), donate_argnums=0)
     return DataParallelStep(step, replicated, data_sharded)
@@ -444,6 +480,10 @@ def distill(config: DistillConfig, overwrite: bool = False) -> Path:
     dataset = load_dataset(config.dataset)
     env = dataset.env
     model_config = model_config_for(config, env)
+    targets_table = None
+    if config.task_loss_weight > 0:
+        targets_table = task_targets(dataset, model_config.obs_num_values)
+        model_config = dataclasses.replace(model_config, task_entries=targets_table.shape[1])
     _check_resume(run_dir, config, overwrite)
 
     devices = jax.devices()
@@ -453,7 +493,8 @@ def distill(config: DistillConfig, overwrite: bool = False) -> Path:
     model = ADTransformer(model_config)
     optimizer = make_optimizer(config.lr, min(config.warmup_steps, config.num_steps - 1),
                                config.num_steps, config.weight_decay, config.grad_clip)
-    parallel = data_parallel_train_step(model, optimizer, config.label_smoothing, devices)
+    parallel = data_parallel_train_step(model, optimizer, config.label_smoothing, devices,
+                                        config.task_loss_weight)
     replicated, data_sharded = parallel.replicated, parallel.data_sharded
     init_key, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
     state = init_train_state(init_params(model_config, init_key, config.window_steps),
@@ -472,7 +513,8 @@ def distill(config: DistillConfig, overwrite: bool = False) -> Path:
                             prev_obs=model_config.prev_obs_token,
                             episode_return=model_config.episode_return_token,
                             targets=config.targets,
-                            first_success_focus=config.first_success_focus)
+                            first_success_focus=config.first_success_focus,
+                            task_targets=targets_table)
 
     metrics_path = run_dir / "metrics.jsonl"
     _truncate_metrics(metrics_path, start_step)
@@ -500,7 +542,8 @@ def distill(config: DistillConfig, overwrite: bool = False) -> Path:
                     if tb is not None:
                         for k, v in record.items():
                             tb.add_scalar(k, v, done)
-                    bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.2f}",
+                    extra = ({"task": f"{m['task_loss']:.3f}"} if "task_loss" in m else {})
+                    bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.2f}", **extra,
                                     steps_s=f"{rate:,.0f}")
                 if done % config.checkpoint_every == 0 or done == config.num_steps:
                     save_checkpoint(run_dir, state)

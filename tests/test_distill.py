@@ -19,8 +19,10 @@ import pytest
 import envs
 from ad import evaluate as ev
 from ad.dataset import load_dataset
-from ad.model import ADTransformer, StepInputs, running_episode_return
-from ad.train import DistillConfig, WindowSampler, distill, latest_checkpoint, load_model
+from ad.model import ADTransformer, ModelConfig, StepInputs, init_params, running_episode_return
+from ad.train import (DistillConfig, WindowSampler, distill, latest_checkpoint, load_model,
+                      task_targets)
+from ad.train_step import Batch, loss_fn
 from experiments.collect import CollectConfig, collect
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,6 +119,87 @@ def test_intended_action_targets_with_executed_inputs(darkroom_data, tmp_path):
         WindowSampler(load_dataset(darkroom_data), 8, 32, 1, 5, targets="intended_action")
     with pytest.raises(ValueError, match="DistillConfig.targets"):
         DistillConfig(dataset="d", out="o", targets="reward")
+
+
+def test_task_targets_are_each_windows_task(darkroom_data):
+    """The auxiliary head's targets: the task entries of the history a window comes from
+    (Dark Room: the goal's x, y), refused where they cannot be classes."""
+    ds = load_dataset(darkroom_data)
+    table = task_targets(ds, num_values=9)
+    assert table.shape == (ds.num_histories, 2) and table.dtype == np.int32
+    sampler = WindowSampler(ds, window=8, batch_size=32, seed=3, num_actions=5,
+                            task_targets=table)
+    batch, plain = sampler.batch(0), WindowSampler(ds, 8, 32, 3, 5).batch(0)
+    hist, _ = sampler.indices(0)
+    for b in range(32):
+        np.testing.assert_array_equal(batch.task_target[b], np.asarray(ds.task_params(int(hist[b])).goal))
+    jax.tree.map(np.testing.assert_array_equal, batch.inputs, plain.inputs)
+    assert plain.task_target is None
+    with pytest.raises(ValueError, match=r"goal.*outside the head's classes \[0, 3\)"):
+        task_targets(ds, num_values=3)
+    with pytest.raises(ValueError, match="task_loss_weight"):
+        DistillConfig(dataset="d", out="o", task_loss_weight=-1.0)
+
+
+def test_task_loss_adds_the_weighted_task_cross_entropy():
+    """loss_fn with task_weight w = action CE + w * (mean over steps and entries of the
+    task head's CE), computed here by hand; the head changes no action logit and, like
+    them, never reads later steps."""
+    cfg = ModelConfig(num_actions=5, d_model=16, num_layers=2, num_heads=2, mlp_dim=32,
+                      dropout=0.0, context=3, task_entries=2)
+    params = init_params(cfg, jax.random.key(0))
+    model = ADTransformer(cfg)
+    rng = np.random.default_rng(0)
+    B, T = 3, 7
+    inputs = StepInputs(obs=jnp.asarray(rng.integers(0, 9, (B, T, 2)), jnp.int32),
+                        prev_action=jnp.asarray(rng.integers(0, 6, (B, T)), jnp.int32),
+                        prev_reward=jnp.asarray(rng.integers(0, 2, (B, T)), jnp.float32))
+    batch = Batch(inputs=inputs, target_action=jnp.asarray(rng.integers(0, 5, (B, T)), jnp.int32),
+                  mask=jnp.ones((B, T)), task_target=jnp.asarray(rng.integers(0, 9, (B, 2)), jnp.int32))
+    out = model.apply({"params": params}, inputs, train=False, method=ADTransformer.with_task_logits)
+    assert out.task_logits.shape == (B, T, 2, 9)
+    np.testing.assert_array_equal(out.logits, model.apply({"params": params}, inputs, train=False))
+    action_loss, _ = loss_fn(params, batch, None, model=model, train=False)
+    objective, m = loss_fn(params, batch, None, model=model, task_weight=0.5, train=False)
+    z = np.asarray(out.task_logits, np.float64)
+    logp = z - z.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    target = np.asarray(batch.task_target)
+    by_hand = -np.mean([logp[b, t, e, target[b, e]] for b in range(B) for t in range(T)
+                        for e in range(2)])
+    np.testing.assert_allclose(m["task_loss"], by_hand, rtol=1e-5)
+    np.testing.assert_allclose(objective, action_loss + 0.5 * by_hand, rtol=1e-5)
+    np.testing.assert_allclose(m["loss"], action_loss, rtol=0)
+    later = inputs._replace(obs=inputs.obs.at[:, -1].set((inputs.obs[:, -1] + 1) % 9))
+    changed = model.apply({"params": params}, later, train=False,
+                          method=ADTransformer.with_task_logits).task_logits
+    np.testing.assert_array_equal(changed[:, :-1], out.task_logits[:, :-1])
+    assert not np.allclose(changed[:, -1], out.task_logits[:, -1])
+
+
+def test_distill_with_task_head_trains_it_and_acts_without_it(darkroom_data, tmp_path):
+    run = distill(DistillConfig(dataset=str(darkroom_data), out=str(tmp_path / "aux"),
+                                num_steps=3, task_loss_weight=1.0, **TINY))
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all(np.isfinite(r["task_loss"]) for r in records)
+    assert records[0]["task_loss"] == pytest.approx(np.log(9), rel=0.05)  # near-uniform at init
+    m = load_model(run)
+    assert m.config.task_entries == 2
+    x = StepInputs(obs=jnp.zeros((1, 5, 2), jnp.int32), prev_action=jnp.full((1, 5), 5, jnp.int32),
+                   prev_reward=jnp.zeros((1, 5)))
+    assert m.apply(x).shape == (1, 5, 5)
+
+
+def test_rollouts_refuse_a_temperature_that_is_not_positive():
+    env = envs.make("darkroom")
+    cfg = ModelConfig(num_actions=5, d_model=16, num_layers=1, num_heads=2, mlp_dim=32, context=3)
+    params = init_params(cfg, jax.random.key(0))
+    tasks = jax.tree.map(lambda a: a[:2], env.tasks("test"))
+    for t in (0.0, -1.0):
+        with pytest.raises(ValueError, match="temperature must be > 0"):
+            ev.ad_rollout(params, cfg, env, tasks, jax.random.key(1), 4, temperature=t)
+        with pytest.raises(ValueError, match="temperature must be > 0"):
+            ev.gym_rollout(params, cfg, None, 0, jax.random.key(1), 1, temperature=t)
 
 
 def test_stream_start_windows_are_sampled(darkroom_data):
