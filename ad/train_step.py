@@ -99,6 +99,9 @@ def loss_fn(params: PyTree, batch: Batch, rng: jax.Array | None, *, model: ADTra
     """
     rngs = {"dropout": rng} if train else None
     variables = {"params": params}
+    if task_weight > 0 and batch.task_target is None:
+        raise ValueError("loss_fn: task_weight > 0 needs Batch.task_target (WindowSampler("
+                         "task_targets=...))")
     if task_weight > 0:
         out = model.apply(variables, batch.inputs, train=train, rngs=rngs,
                           method=ADTransformer.with_task_logits)

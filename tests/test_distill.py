@@ -170,6 +170,9 @@ def test_task_loss_adds_the_weighted_task_cross_entropy():
     np.testing.assert_allclose(m["task_loss"], by_hand, rtol=1e-5)
     np.testing.assert_allclose(objective, action_loss + 0.5 * by_hand, rtol=1e-5)
     np.testing.assert_allclose(m["loss"], action_loss, rtol=0)
+    with pytest.raises(ValueError, match="needs Batch.task_target"):
+        loss_fn(params, batch._replace(task_target=None), None, model=model, task_weight=0.5,
+                train=False)
     later = inputs._replace(obs=inputs.obs.at[:, -1].set((inputs.obs[:, -1] + 1) % 9))
     changed = model.apply({"params": params}, later, train=False,
                           method=ADTransformer.with_task_logits).task_logits
