@@ -62,6 +62,8 @@ mutable, so training pays nothing). ``N = T * tokens_per_step``:
     blocks.{l}.hook_resid_post       (B, N, d)
     ln_final.hook_normalized         (B, T, d)   only the tokens that predict actions
     hook_logits                      (B, T, num_actions)
+    hook_task_logits                 (B, T, task_entries, obs_num_values)  only with a task
+                                                   head (ModelConfig.task_entries > 0)
 
 Auxiliary task head (``ModelConfig.task_entries`` > 0): a linear read-out of the same
 final residual predicts the task's discrete entries (Key-to-Door: key x, key y, door x,
@@ -891,8 +893,11 @@ class ADTransformer(nn.Module):
     # ---- full (training) forward ------------------------------------------------------------
     def __call__(self, inputs: StepInputs, *, train: bool, valid=None) -> jax.Array:
         x = self._trunk(inputs, train, valid)
-        if self.config.task_entries and self.is_initializing():
-            self._task_logits(x)  # create the auxiliary head's params with the rest
+        if self.config.task_entries and (self.is_initializing()
+                                         or self.is_mutable_collection("intermediates")):
+            # create the auxiliary head's params with the rest; under run_with_cache, record
+            # what it reads out (hook_task_logits) without changing the action logits
+            self._task_logits(x)
         return self._logits(x)
 
     def with_task_logits(self, inputs: StepInputs, *, train: bool, valid=None) -> "TaskOutputs":
@@ -905,7 +910,10 @@ class ADTransformer(nn.Module):
     def _task_logits(self, x: jax.Array) -> jax.Array:
         cfg = self.config
         h = self.task_head(self.ln_final(x))
-        return h.reshape(*h.shape[:-1], cfg.task_entries, cfg.obs_num_values)
+        h = h.reshape(*h.shape[:-1], cfg.task_entries, cfg.obs_num_values)
+        if self.is_mutable_collection("intermediates"):
+            self.sow("intermediates", "hook_task_logits", h)
+        return h
 
     def _trunk(self, inputs: StepInputs, train: bool, valid) -> jax.Array:
         """(B, T, d): the final residual of the tokens that predict ``action[t]``."""

@@ -19,7 +19,8 @@ import pytest
 import envs
 from ad import evaluate as ev
 from ad.dataset import load_dataset
-from ad.model import ADTransformer, ModelConfig, StepInputs, init_params, running_episode_return
+from ad.model import (ADTransformer, ModelConfig, StepInputs, init_params, run_with_cache,
+                      running_episode_return)
 from ad.train import (DistillConfig, WindowSampler, distill, latest_checkpoint, load_model,
                       task_targets)
 from ad.train_step import Batch, loss_fn
@@ -170,6 +171,9 @@ def test_task_loss_adds_the_weighted_task_cross_entropy():
     np.testing.assert_allclose(m["task_loss"], by_hand, rtol=1e-5)
     np.testing.assert_allclose(objective, action_loss + 0.5 * by_hand, rtol=1e-5)
     np.testing.assert_allclose(m["loss"], action_loss, rtol=0)
+    cached_logits, cache = run_with_cache(params, cfg, inputs)
+    np.testing.assert_array_equal(cached_logits, out.logits)
+    np.testing.assert_allclose(cache["hook_task_logits"], out.task_logits, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="needs Batch.task_target"):
         loss_fn(params, batch._replace(task_target=None), None, model=model, task_weight=0.5,
                 train=False)
