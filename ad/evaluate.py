@@ -73,9 +73,9 @@ def _after_step(action, reward, done, obs, episode_return):
             jnp.where(done, 0.0, episode_return + reward))
 
 
-def _check_temperature(temperature: float) -> None:
-    # static under jit, so this runs once at trace time; T <= 0 would divide the logits
-    # by zero or flip their order
+def check_temperature(temperature: float) -> None:
+    """Refuse a sampling temperature that is not > 0 (it would divide the logits by zero
+    or flip their order). Static under jit, so inside a rollout it runs at trace time."""
     if not temperature > 0:
         raise ValueError(f"sampling temperature must be > 0, got {temperature!r}")
 
@@ -91,7 +91,7 @@ def ad_rollout(params: PyTree, config: ModelConfig, env, tasks: PyTree, key: jax
     policies are known to freeze on one action in Dark Room, so we sample).
     ``record_policy`` also returns each step's observation and sampling distribution.
     """
-    _check_temperature(temperature)
+    check_temperature(temperature)
     n = jax.tree.leaves(tasks)[0].shape[0]
     cache = init_cache(config, n)
     none_action = jnp.full((n,), config.num_actions, jnp.int32)
@@ -275,7 +275,7 @@ def gym_rollout(params: PyTree, config: ModelConfig, gym_env, reset_seed: int | 
     """
     if num_episodes < 1:
         raise ValueError(f"gym_rollout: num_episodes must be >= 1, got {num_episodes}")
-    _check_temperature(temperature)
+    check_temperature(temperature)
     partitionable = jax.config.jax_threefry_partitionable
     if num_steps is None and not partitionable:
         raise ValueError("gym_rollout: without jax_threefry_partitionable the step keys depend "

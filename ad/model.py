@@ -881,10 +881,14 @@ class ADTransformer(nn.Module):
             self.sow("intermediates", "hook_embed", x)
         return _dropout(self, x, cfg.dropout, train)
 
-    def _logits(self, x: jax.Array) -> jax.Array:
+    def _normalized(self, x: jax.Array) -> jax.Array:
+        """The final LayerNorm, read by the action head and the task head alike."""
         h = self.ln_final(x)
         if self.is_mutable_collection("intermediates"):
             self.sow("intermediates", "ln_final.hook_normalized", h)
+        return h
+
+    def _logits(self, h: jax.Array) -> jax.Array:
         logits = self.head(h).astype(jnp.float32)
         if self.is_mutable_collection("intermediates"):
             self.sow("intermediates", "hook_logits", logits)
@@ -892,28 +896,28 @@ class ADTransformer(nn.Module):
 
     # ---- full (training) forward ------------------------------------------------------------
     def __call__(self, inputs: StepInputs, *, train: bool, valid=None) -> jax.Array:
-        x = self._trunk(inputs, train, valid)
+        h = self._normalized(self._trunk(inputs, train, valid))
         if self.config.task_entries and (self.is_initializing()
                                          or self.is_mutable_collection("intermediates")):
             # create the auxiliary head's params with the rest; under run_with_cache, record
             # what it reads out (hook_task_logits) without changing the action logits
-            self._task_logits(x)
-        return self._logits(x)
+            self._task_logits(h)
+        return self._logits(h)
 
     def with_task_logits(self, inputs: StepInputs, *, train: bool, valid=None) -> "TaskOutputs":
         """The action logits of ``__call__`` and the auxiliary task head's, one pass."""
         if not self.config.task_entries:
             raise ValueError("ADTransformer.with_task_logits needs ModelConfig.task_entries > 0")
-        x = self._trunk(inputs, train, valid)
-        return TaskOutputs(logits=self._logits(x), task_logits=self._task_logits(x))
+        h = self._normalized(self._trunk(inputs, train, valid))
+        return TaskOutputs(logits=self._logits(h), task_logits=self._task_logits(h))
 
-    def _task_logits(self, x: jax.Array) -> jax.Array:
+    def _task_logits(self, h: jax.Array) -> jax.Array:
         cfg = self.config
-        h = self.task_head(self.ln_final(x))
-        h = h.reshape(*h.shape[:-1], cfg.task_entries, cfg.obs_num_values)
+        z = self.task_head(h)
+        z = z.reshape(*z.shape[:-1], cfg.task_entries, cfg.obs_num_values)
         if self.is_mutable_collection("intermediates"):
-            self.sow("intermediates", "hook_task_logits", h)
-        return h
+            self.sow("intermediates", "hook_task_logits", z)
+        return z
 
     def _trunk(self, inputs: StepInputs, train: bool, valid) -> jax.Array:
         """(B, T, d): the final residual of the tokens that predict ``action[t]``."""
@@ -948,7 +952,7 @@ class ADTransformer(nn.Module):
             x, k, v = block.decode(x, cache.keys[l], cache.values[l], cache.step, rope_table)
             new_k.append(k)
             new_v.append(v)
-        logits = self._logits(x[:, -1])  # (B, A)
+        logits = self._logits(self._normalized(x[:, -1]))  # (B, A)
         w = cache.step % cfg.context
         start = (0, 0, w, 0, 0, 0)
         keys = jax.lax.dynamic_update_slice(

@@ -99,15 +99,15 @@ def loss_fn(params: PyTree, batch: Batch, rng: jax.Array | None, *, model: ADTra
     """
     rngs = {"dropout": rng} if train else None
     variables = {"params": params}
-    if task_weight > 0 and batch.task_target is None:
-        raise ValueError("loss_fn: task_weight > 0 needs Batch.task_target (WindowSampler("
-                         "task_targets=...))")
+    out = None
     if task_weight > 0:
+        if batch.task_target is None:
+            raise ValueError("loss_fn: task_weight > 0 needs Batch.task_target (WindowSampler("
+                             "task_targets=...))")
         out = model.apply(variables, batch.inputs, train=train, rngs=rngs,
                           method=ADTransformer.with_task_logits)
-        logits = out.logits
-    else:
-        logits = model.apply(variables, batch.inputs, train=train, rngs=rngs)
+    logits = (out.logits if out is not None
+              else model.apply(variables, batch.inputs, train=train, rngs=rngs))
     mask = batch.mask.astype(jnp.float32)
     denom = jnp.maximum(mask.sum(), 1.0)
     ce = smoothed_cross_entropy(logits, batch.target_action, label_smoothing)
@@ -115,7 +115,7 @@ def loss_fn(params: PyTree, batch: Batch, rng: jax.Array | None, *, model: ADTra
     correct = (jnp.argmax(logits, -1) == batch.target_action).astype(jnp.float32)
     accuracy = (correct * mask).sum() / denom
     metrics = {"loss": loss, "accuracy": accuracy, "num_steps": mask.sum()}
-    if task_weight <= 0:
+    if out is None:
         return loss, metrics
     target = jnp.broadcast_to(batch.task_target[:, None], out.task_logits.shape[:-1])
     task_ce = smoothed_cross_entropy(out.task_logits, target, 0.0).mean(-1)  # (B, T)

@@ -205,8 +205,7 @@ def print_summary(setting: Setting, summary: dict) -> None:
 def run(setting: Setting, seeds=(0,), with_ed: bool = False, data_root="data", runs_root="runs",
         out_root="results", distill_overrides: dict | None = None, quiet: bool = False,
         temperature: float = 1.0) -> dict:
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    ev.check_temperature(temperature)  # before any collect/distill work
     t0 = time.time()
     timings = {}
     data_dir = Path(data_root) / setting.name
