@@ -1,11 +1,9 @@
 """In-context evaluation: does a distilled model improve, episode after episode, on new tasks?
 
 The model acts in a JAX env for ``num_episodes`` consecutive episodes of one task, with
-its own growing context: at every step it sees ``(obs[t], action[t-1], reward[t-1])``
-(and ``done[t-1]`` for models with ``episode_start_token``, ``obs[t-1]`` for models with
-``prev_obs_token``, the reward collected so far in the episode for models with
-``episode_return_token``),
-*samples* ``action[t]`` from its policy, and the env steps (auto-resetting into the next
+its own growing context: at every step it sees ``obs[t]`` and the previous step's record
+(``ad.inputs``: the one input builder, as in training), *samples* ``action[t]`` from its
+policy, and the env steps (auto-resetting into the next
 episode of the same task). Everything is one jitted ``lax.scan`` over steps, vmapped
 over tasks, with the rolling KV cache of ``ad.model.decode_step`` (exact: equal to a full
 forward over the whole stream with the same banded mask), so evaluation costs
@@ -37,7 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ad.model import ModelConfig, StepInputs, decode_step, init_cache
+from ad.config import ModelConfig
+from ad.inputs import Previous, after_step, one_step_inputs, stream_start
+from ad.model import decode_step, init_cache
 from source_agents.history import LearningHistory, episode_returns_jax
 
 PyTree = Any
@@ -51,26 +51,6 @@ class Rollout(NamedTuple):
     done: jax.Array  # (N, S) bool: the step ended an episode
     obs: PyTree = None  # (N, S, ...) the observation each action was taken at (record_policy)
     policy: jax.Array | None = None  # (N, S, A) float32: the sampled-from policy (record_policy)
-
-
-def _broadcast_obs(obs):
-    return jax.tree.map(lambda o: jnp.asarray(o, jnp.int32)[:, None], obs)
-
-
-def _step_inputs(obs, prev_action, prev_reward, prev_done, prev_obs,
-                 episode_return) -> StepInputs:
-    """One step's model inputs (T = 1) from per-stream arrays of shape (N,)."""
-    return StepInputs(_broadcast_obs(obs), prev_action[:, None], prev_reward[:, None],
-                      prev_done[:, None], _broadcast_obs(prev_obs), episode_return[:, None])
-
-
-def _after_step(action, reward, done, obs, episode_return):
-    """The ``prev`` record the next step reads: ``(action, reward, done, obs[t-1],
-    episode_return[t+1])``; the running return restarts at 0 after an episode ends."""
-    reward = jnp.asarray(reward, jnp.float32)
-    return (jnp.asarray(action, jnp.int32), reward, done,
-            jax.tree.map(lambda o: jnp.asarray(o, jnp.int32), obs),
-            jnp.where(done, 0.0, episode_return + reward))
 
 
 def check_temperature(temperature: float) -> None:
@@ -94,22 +74,16 @@ def ad_rollout(params: PyTree, config: ModelConfig, env, tasks: PyTree, key: jax
     check_temperature(temperature)
     n = jax.tree.leaves(tasks)[0].shape[0]
     cache = init_cache(config, n)
-    none_action = jnp.full((n,), config.num_actions, jnp.int32)
     reset_key, key = jax.random.split(key)
     obs, state = jax.vmap(env.reset)(jax.random.split(reset_key, n), tasks)
-    # (action[t-1], reward[t-1], done[t-1], obs[t-1], episode_return[t]) of every stream;
-    # a stream starts an episode, and its obs[t-1] is never read (prev_action is "none")
-    no_obs = jax.tree.map(lambda o: jnp.zeros(o.shape, jnp.int32), obs)
-    zeros = jnp.zeros((n,), jnp.float32)
-    prev = (none_action, zeros, jnp.ones((n,), bool), no_obs, zeros)
+    prev = stream_start((n,), obs, config.num_actions)  # what each stream's first step reads
 
     if prompt is not None:  # teacher-force a given context into the cache first
         def feed(carry, xs):
             cache, prev = carry
             obs, action, reward, done = xs
-            _, cache = decode_step(params, config, cache, _step_inputs(obs, *prev))
-            prev = _after_step(action, reward, done, obs, prev[-1])
-            return (cache, prev), None
+            _, cache = decode_step(params, config, cache, one_step_inputs(obs, prev, config))
+            return (cache, after_step(action, reward, done, obs)), None
 
         xs = (jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), prompt.obs),
               prompt.action.T, prompt.reward.T,
@@ -119,12 +93,12 @@ def ad_rollout(params: PyTree, config: ModelConfig, env, tasks: PyTree, key: jax
     def body(carry, step_key):
         cache, obs, state, prev = carry
         act_key, env_key = jax.random.split(step_key)
-        logits, cache = decode_step(params, config, cache, _step_inputs(obs, *prev))
+        logits, cache = decode_step(params, config, cache, one_step_inputs(obs, prev, config))
         action = jax.random.categorical(act_key, logits / temperature).astype(jnp.int32)
         next_obs, state, reward, terminated, truncated, _ = jax.vmap(env.step)(
             jax.random.split(env_key, n), state, action, tasks)
         done = jnp.logical_or(terminated, truncated)
-        carry = (cache, next_obs, state, _after_step(action, reward, done, obs, prev[-1]))
+        carry = (cache, next_obs, state, after_step(action, reward, done, obs))
         if record_policy:
             return carry, Rollout(action, reward, done, obs,
                                   jax.nn.softmax(logits / temperature, axis=-1))
@@ -234,12 +208,11 @@ def eval_tasks(env, split: str, num_tasks: int, key: jax.Array) -> PyTree:
 # The same policy in any gymnasium env, by a plain Python loop
 # ----------------------------------------------------------------------------------------
 @partial(jax.jit, static_argnames=("config", "temperature"))
-def _policy_step(params: PyTree, config: ModelConfig, cache, obs, prev_action, prev_reward,
-                 prev_done, prev_obs, episode_return, step_key, temperature: float = 1.0):
+def _policy_step(params: PyTree, config: ModelConfig, cache, obs, prev: Previous, step_key,
+                 temperature: float = 1.0):
     """One step of ``ad_rollout``'s loop body for a batch of one: sample, update the cache."""
     act_key, _ = jax.random.split(step_key)  # the second half is ad_rollout's env key
-    step = _step_inputs(obs, prev_action, prev_reward, prev_done, prev_obs, episode_return)
-    logits, cache = decode_step(params, config, cache, step)
+    logits, cache = decode_step(params, config, cache, one_step_inputs(obs, prev, config))
     action = jax.random.categorical(act_key, logits / temperature).astype(jnp.int32)
     return action, cache
 
@@ -284,11 +257,7 @@ def gym_rollout(params: PyTree, config: ModelConfig, gym_env, reset_seed: int | 
     bound = num_steps or 1024
     step_keys = jax.random.split(key, bound)
     cache = init_cache(config, 1)
-    prev_action = jnp.full((1,), config.num_actions, jnp.int32)
-    prev_reward = jnp.zeros((1,), jnp.float32)
-    prev_done = jnp.ones((1,), bool)
-    prev_obs = None  # set at the first step (never read there: prev_action is "none")
-    episode_return = jnp.zeros((1,), jnp.float32)  # reward so far in this episode
+    prev = None  # the stream-start record, made at the first step (it needs obs's shape)
     actions, rewards, dones = [], [], []
     t = 0
     for _ in range(num_episodes):
@@ -302,20 +271,15 @@ def gym_rollout(params: PyTree, config: ModelConfig, gym_env, reset_seed: int | 
                 bound *= 2
                 step_keys = jax.random.split(key, bound)
             model_obs = _model_obs(config, obs)
-            if prev_obs is None:
-                prev_obs = jax.tree.map(np.zeros_like, model_obs)
-            action, cache = _policy_step(params, config, cache, model_obs, prev_action,
-                                         prev_reward, prev_done, prev_obs, episode_return,
+            if prev is None:
+                prev = stream_start((1,), model_obs, config.num_actions, np)
+            action, cache = _policy_step(params, config, cache, model_obs, prev,
                                          step_keys[t], temperature)
             a = int(action[0])
             obs, reward, terminated, truncated, _ = gym_env.step(a)
             done = bool(terminated or truncated)
-            prev_action = action
-            prev_reward = jnp.asarray([reward], jnp.float32)
-            prev_done = jnp.asarray([done])
-            prev_obs = model_obs
-            episode_return = (jnp.zeros((1,), jnp.float32) if done
-                              else episode_return + jnp.float32(reward))
+            prev = after_step(np.asarray(action), np.asarray([reward]), np.asarray([done]),
+                              model_obs)
             actions.append(a)
             rewards.append(float(reward))
             dones.append(done)

@@ -24,8 +24,9 @@ Context: sliding-window ("banded") causal attention aligned to steps. A token of
 ``t`` attends to every token of steps ``t-c+1 .. t-1`` and to the tokens of step ``t``
 at or before itself (``"step"``: the previous ``c`` tokens including itself; ``"oar"``:
 at most ``3c`` tokens). Positions are relative (RoPE on q/k, or ALiBi biases), so
-logits are translation invariant, a logit depends on at most ``L*c`` earlier steps, and
-windows of any length ``T`` work. A rolling KV cache of ``c`` steps per layer is then
+logits are translation invariant, a logit depends on at most
+``ModelConfig.receptive_field`` = L·(c−1)+1 steps, and windows of any length ``T`` work.
+A rolling KV cache of ``c`` steps per layer is then
 exact (``decode_step``). Full forwards compute the band either densely ((N, N) masked
 scores) or by blocks of ``c`` steps, each attending to itself and the previous block
 (``ModelConfig.attention_impl``; "auto" picks blocks once a window spans >= 3 of them,
@@ -41,35 +42,10 @@ dropout, attention-probability dropout and random token masking (a token's input
 embedding is replaced by a learned mask embedding with probability
 ``token_mask_prob``; per step for ``"step"``, per token for ``"oar"``).
 
-Activation names (TransformerLens style), captured with ``run_with_cache`` from the same
-forward pass (``self.sow`` is a no-op unless the ``"intermediates"`` collection is
-mutable, so training pays nothing). ``N = T * tokens_per_step``:
-
-    hook_embed                       (B, N, d)   token embeddings after masking, before dropout
-    blocks.{l}.hook_resid_pre        (B, N, d)
-    blocks.{l}.ln1.hook_normalized   (B, N, d)
-    blocks.{l}.attn.hook_q / hook_k  (B, N, H, Dh)  after RoPE (if any)
-    blocks.{l}.attn.hook_v           (B, N, H, Dh)
-    blocks.{l}.attn.hook_pattern     (B, H, N, N)  softmax probabilities, before dropout;
-                                                   zero outside the band
-    blocks.{l}.attn.hook_z           (B, N, H, Dh)
-    blocks.{l}.hook_attn_out         (B, N, d)
-    blocks.{l}.hook_resid_mid        (B, N, d)
-    blocks.{l}.ln2.hook_normalized   (B, N, d)
-    blocks.{l}.mlp.hook_pre          (B, N, mlp_dim)  before the nonlinearity
-    blocks.{l}.mlp.hook_post         (B, N, mlp_dim)
-    blocks.{l}.hook_mlp_out          (B, N, d)
-    blocks.{l}.hook_resid_post       (B, N, d)
-    ln_final.hook_normalized         (B, T, d)   only the tokens that predict actions
-    hook_logits                      (B, T, num_actions)
-    hook_task_logits                 (B, T, task_entries, obs_num_values)  only with a task
-                                                   head (ModelConfig.task_entries > 0)
-
-Auxiliary task head (``ModelConfig.task_entries`` > 0): a linear read-out of the same
-final residual predicts the task's discrete entries (Key-to-Door: key x, key y, door x,
-door y) at every step, trained beside the actions (``ad.train_step.loss_fn``). It asks
-the model to hold, at every step, what its context says about where the cells are,
-instead of only what a recent path did; acting never uses it.
+Activations: every intermediate has a TransformerLens-style name (``ad.hooks`` lists them)
+and is recorded with ``self.sow`` into the ``"intermediates"`` collection, a no-op unless
+that collection is mutable, so training pays nothing; ``ad.hooks.run_with_cache``
+returns them by name from the very forward pass used in training.
 
 Evaluation: ``init_cache`` / ``decode_step`` (rolling KV cache, exact), and the paper's
 baseline ``init_recompute_buffer`` / ``recompute_step`` (full forward over the last
@@ -78,8 +54,6 @@ baseline ``init_recompute_buffer`` / ``recompute_step`` (full forward over the l
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from typing import Any, NamedTuple
 
@@ -89,340 +63,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from ad.config import ModelConfig
+from ad.inputs import StepInputs, dummy_inputs
+
 PyTree = Any
 
-OBS_ENCODERS = ("cell", "xy", "discrete", "minigrid")
 # "minigrid" encoder: width of the per-cell (object + colour + state) embedding.
 MINIGRID_CELL_DIM = 8
 # minigrid's image channel sizes (object, colour, state) and its 4 directions.
 MINIGRID_CHANNEL_SIZES = (11, 6, 3)
 MINIGRID_NUM_DIRECTIONS = 4
-TOKEN_LAYOUTS = ("step", "oar")
-POSITIONS = ("rope", "alibi")
-DTYPES = ("float32", "bfloat16")
-ACTIVATIONS = ("gelu", "relu")
-ATTENTION_IMPLS = ("auto", "dense", "blocked")
 # Finite "minus infinity": fully masked rows (padding queries) stay NaN-free.
 _NEG = -1e30
-
-
-# ----------------------------------------------------------------------------------------
-# Config
-# ----------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Static description of an AD transformer; ``dataclasses.asdict`` is JSON-safe.
-
-    Load back with ``ModelConfig.from_dict(json.loads(text))``.
-    """
-
-    num_actions: int  # size of the action space; token id num_actions is "none"
-    obs_encoder: str = "cell"  # "cell": one table over x + size*y (obs (2,) grid cell);
-    #   "xy": separate x and y tables, summed; "discrete": one table per entry of a
-    #   discrete vector observation, summed ("xy" is "discrete" for shape (2,));
-    #   "minigrid": obs {"image": (V, V, 3) (object, colour, state), "direction": ()}, one
-    #   small embedding per channel summed per cell, the V*V cells flattened -> Dense(d),
-    #   plus a direction embedding (obs_shape is the image's shape)
-    obs_shape: tuple[int, ...] = (2,)  # shape of the (single-leaf) observation
-    obs_num_values: int = 9  # each observation entry lies in [0, obs_num_values)
-    obs_linear: bool = False  # "xy"/"discrete": also add a linear embedding of the entries'
-    #   values scaled to [0, 1] (coordinates as numbers as well as categories: a cell's
-    #   offset from a remembered cell is then a linear feature; tables alone are unordered)
-    d_model: int = 64  # residual stream width
-    num_layers: int = 4  # transformer blocks
-    num_heads: int = 4  # attention heads; d_model must be divisible by it
-    mlp_dim: int = 256  # hidden width of each MLP
-    dropout: float = 0.1  # dropout on embeddings, attention output and MLP output
-    attn_dropout: float = 0.0  # dropout on attention probabilities
-    token_mask_prob: float = 0.0  # P(replace a step's/token's input by the mask embedding)
-    context: int = 20  # c: the band, in steps, every attention layer sees (incl. current)
-    token_layout: str = "step"  # "step" (1 token/step) or "oar" (3 tokens/step)
-    positions: str = "rope"  # "rope" (rotary q/k) or "alibi" (linear distance biases)
-    rope_base: float = 10000.0  # RoPE frequency base
-    activation: str = "gelu"  # MLP nonlinearity: "gelu" (tanh approximation) or "relu"
-    dtype: str = "float32"  # matmul compute dtype; params, softmax, logits stay float32
-    episode_start_token: bool = False  # add E_start to steps with episode_start (inputs'
-    #   done[t-1]); False keeps the paper's (o, a, r) inputs only
-    prev_obs_token: bool = False  # add E'_obs(prev_obs[t] = obs[t-1]) to every step token
-    #   ("step" layout only; zero where prev_action is "none", i.e. at stream starts)
-    episode_return_token: bool = False  # add E_ret(episode_return[t]): reward collected so
-    #   far in the current episode ("step" layout only)
-    attention_impl: str = "auto"  # "dense": (N, N) masked scores; "blocked": query blocks of
-    #   c steps attend to their own and the previous block only (2/3 of the work at T=3c,
-    #   less for longer windows); "auto": blocked when the window spans >= 3 blocks
-    task_entries: int = 0  # > 0: an auxiliary head predicts that many discrete task entries
-    #   (e.g. Key-to-Door's key and door x, y), each over obs_num_values classes, from
-    #   every step's final residual (ADTransformer.with_task_logits). Training signal
-    #   only: acting (decode_step) never reads it
-
-    def __post_init__(self):
-        object.__setattr__(self, "obs_shape", tuple(int(s) for s in self.obs_shape))
-        for name in ("num_actions", "obs_num_values", "d_model", "num_layers", "num_heads",
-                     "mlp_dim", "context"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"ModelConfig.{name} must be an int >= 1, got {value!r}")
-        for name, valid in (("obs_encoder", OBS_ENCODERS), ("token_layout", TOKEN_LAYOUTS),
-                            ("positions", POSITIONS), ("dtype", DTYPES),
-                            ("activation", ACTIVATIONS),
-                            ("attention_impl", ATTENTION_IMPLS)):
-            if getattr(self, name) not in valid:
-                raise ValueError(f"ModelConfig.{name} must be one of {valid}, got "
-                                 f"{getattr(self, name)!r}")
-        if self.d_model % self.num_heads:
-            raise ValueError(f"ModelConfig.d_model={self.d_model} is not divisible by "
-                             f"num_heads={self.num_heads}")
-        if self.positions == "rope" and (self.d_model // self.num_heads) % 2:
-            raise ValueError(f"ModelConfig: RoPE needs an even head dim, got "
-                             f"{self.d_model // self.num_heads}")
-        for name in ("dropout", "attn_dropout", "token_mask_prob"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"ModelConfig.{name} must lie in [0, 1), got "
-                                 f"{getattr(self, name)!r}")
-        if self.obs_encoder == "cell" and self.obs_shape != (2,):
-            raise ValueError(f"ModelConfig.obs_encoder='cell' needs obs_shape (2,), got "
-                             f"{self.obs_shape}")
-        if self.obs_encoder == "minigrid" and (len(self.obs_shape) != 3
-                                               or self.obs_shape[2] != 3):
-            raise ValueError(f"ModelConfig.obs_encoder='minigrid' needs obs_shape (V, V, 3) "
-                             f"(the image), got {self.obs_shape}")
-        if self.episode_return_token and self.token_layout != "step":
-            raise ValueError("ModelConfig.episode_return_token needs token_layout='step' (in "
-                             "'oar' the running return would be one more token kind)")
-        if self.prev_obs_token and self.token_layout != "step":
-            raise ValueError("ModelConfig.prev_obs_token needs token_layout='step' (in 'oar' "
-                             "the previous observation is already a token of its own)")
-        if self.obs_linear and self.obs_encoder not in ("xy", "discrete"):
-            raise ValueError(f"ModelConfig.obs_linear needs obs_encoder 'xy' or 'discrete', "
-                             f"got {self.obs_encoder!r}")
-        if not isinstance(self.task_entries, (int, np.integer)) or self.task_entries < 0:
-            raise ValueError(f"ModelConfig.task_entries must be an int >= 0, got "
-                             f"{self.task_entries!r}")
-        if self.obs_encoder == "xy" and self.obs_shape != (2,):
-            raise ValueError(f"ModelConfig.obs_encoder='xy' needs obs_shape (2,), got "
-                             f"{self.obs_shape}")
-
-    # ---- derived ----------------------------------------------------------------------
-    @property
-    def tokens_per_step(self) -> int:
-        return 3 if self.token_layout == "oar" else 1
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.num_heads
-
-    @property
-    def compute_dtype(self):
-        return jnp.bfloat16 if self.dtype == "bfloat16" else jnp.float32
-
-    @property
-    def receptive_field(self) -> int:
-        """Steps a logit can depend on, the current one included: L*(c-1) + 1."""
-        return self.num_layers * (self.context - 1) + 1
-
-    # ---- (de)serialisation ------------------------------------------------------------
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - fields)
-        if unknown:
-            raise ValueError(f"ModelConfig: unknown field(s) {unknown}")
-        return cls(**d)
-
-    @classmethod
-    def for_env(cls, env, **overrides) -> "ModelConfig":
-        """A config whose observation encoder matches ``env.observation_spec()``.
-
-        A (2,) spec (grid cell) defaults to the "cell" encoder, any other discrete vector
-        spec to "discrete"; a MiniGrid spec ``{"image", "direction"}`` to "minigrid";
-        ``overrides`` may set any field, e.g. ``obs_encoder="xy"``.
-        """
-        spec = env.observation_spec()
-        if isinstance(spec, dict) and set(spec) == {"image", "direction"}:
-            image = spec["image"]
-            kw = dict(num_actions=int(env.num_actions), obs_shape=tuple(image.shape),
-                      obs_num_values=int(image.num_values), obs_encoder="minigrid")
-            kw.update(overrides)
-            return cls(**kw)
-        if not (hasattr(spec, "shape") and hasattr(spec, "num_values")):
-            raise ValueError(f"ModelConfig.for_env: {env.name} has a structured observation "
-                             f"spec {spec!r}; no encoder for it yet")
-        if spec.num_values is None:
-            raise ValueError(f"ModelConfig.for_env: {env.name} observation is not discrete")
-        shape = tuple(spec.shape)
-        kw = dict(num_actions=int(env.num_actions), obs_shape=shape,
-                  obs_num_values=int(spec.num_values),
-                  obs_encoder="cell" if shape == (2,) else "discrete")
-        kw.update(overrides)
-        return cls(**kw)
-
-
-# ----------------------------------------------------------------------------------------
-# Inputs
-# ----------------------------------------------------------------------------------------
-class StepInputs(NamedTuple):
-    """What the model sees at each step of a window (leading dims (B, T))."""
-
-    obs: PyTree  # leaves (B, T, *obs_shape), int32 for discrete encoders
-    prev_action: jax.Array  # (B, T) int32: action[t-1]; num_actions = "none" (stream start)
-    prev_reward: jax.Array  # (B, T) float32: reward[t-1]; 0 at a stream start
-    # (B, T) bool: step t starts an episode (done[t-1]; True at a stream start). Read only
-    # by models with ModelConfig.episode_start_token; None where no one needs it.
-    episode_start: jax.Array | None = None
-    # leaves (B, T, *obs_shape): obs[t-1], the observation action[t-1] was taken from. Read
-    # only by models with ModelConfig.prev_obs_token, which ignore it where prev_action is
-    # "none" (any value will do there); None where no one needs it.
-    prev_obs: PyTree | None = None
-    # (B, T) float32: reward collected in the current episode before step t (0 at an
-    # episode start). Read only by models with ModelConfig.episode_return_token.
-    episode_return: jax.Array | None = None
-
-
-class TaskOutputs(NamedTuple):
-    """``ADTransformer.with_task_logits``: action and auxiliary task-head logits."""
-
-    logits: jax.Array  # (B, T, num_actions) float32, as ADTransformer.__call__
-    task_logits: jax.Array  # (B, T, task_entries, obs_num_values) float32
-
-
-def episode_start_from_done(done: np.ndarray) -> np.ndarray:
-    """``(..., T)`` bool: step ``t`` starts an episode (``t = 0``, or ``done[t-1]``)."""
-    done = np.asarray(done, bool)
-    return np.concatenate([np.ones(done.shape[:-1] + (1,), bool), done[..., :-1]], axis=-1)
-
-
-def running_episode_return(reward: np.ndarray, episode_start: np.ndarray,
-                           before: np.ndarray | float = 0.0) -> np.ndarray:
-    """``episode_return[t]``: the sum of ``reward[s]`` over the steps ``s < t`` of the
-    episode step ``t`` belongs to (0 where ``episode_start[t]``).
-
-    Arrays ``(..., T)``; ``before`` ``(...)`` is the value at the first step when that
-    step does not start an episode (a window that starts mid-episode). NumPy, float64
-    sums (exact for the integer rewards of the grid tasks), returned as float32.
-    """
-    reward = np.asarray(reward, np.float64)
-    start = np.asarray(episode_start, bool)
-    T = reward.shape[-1]
-    # exclusive prefix sums: total[t] = sum of reward[:t] (+ before)
-    total = np.concatenate([np.zeros(reward.shape[:-1] + (1,)), np.cumsum(reward, -1)[..., :-1]],
-                           axis=-1) + np.asarray(before, np.float64)[..., None]
-    # at each step, the index of the latest episode start at or before it (-1: none in view)
-    last = np.maximum.accumulate(np.where(start, np.arange(T), -1), axis=-1)
-    at_last = np.take_along_axis(total, np.maximum(last, 0), axis=-1)
-    base = np.where(last >= 0, at_last, 0.0)
-    return (total - base).astype(np.float32)
-
-
-def step_inputs_from_history(obs, action, reward, *, num_actions: int, stream_start=True,
-                             action_before=None, reward_before=None, done=None,
-                             done_before=None, with_prev_obs=False,
-                             obs_before=None, with_episode_return=False,
-                             return_before=None) -> StepInputs:
-    """Build ``StepInputs`` from a window ``obs/action/reward`` of a history.
-
-    Arrays have leading dims ``(..., T)`` (``obs`` leaves ``(..., T, *shape)``).
-    ``prev_action[t] = action[t-1]``, ``prev_reward[t] = reward[t-1]`` inside the window.
-    For the window's first step the caller says where the previous step is:
-
-    - ``stream_start``: the Python bool ``True`` (every window starts its stream), a
-      bool array of batch shape ``(...)`` (per window: does it start its stream?), a
-      bool array ``(..., T)`` marking every step that starts a stream (those steps get
-      the "none" action and reward 0), or an integer array ``(...)``: the index within
-      the window of the step that starts the stream (``-1``/``T``: none does).
-    - ``action_before`` / ``reward_before`` ``(...)``: ``action``/``reward`` of the step
-      just before the window, used for windows that start mid-stream. Required unless
-      ``stream_start is True``.
-    - ``done`` ``(..., T)`` (optional): the steps that ended an episode; then
-      ``episode_start[t] = done[t-1]`` (``done_before`` for the first step of a window
-      that starts mid-stream, default False), True wherever a stream starts.
-    - ``with_prev_obs``: also fill ``prev_obs[t] = obs[t-1]`` (``obs_before``, leaves
-      ``(..., *shape)``, for the first step of a window that starts mid-stream; zeros
-      where the window starts its stream, and where ``obs_before`` is not given).
-    - ``with_episode_return`` (needs ``done``): also fill ``episode_return``
-      (``running_episode_return``; ``return_before`` ``(...)``: its value at the first
-      step of a window that starts mid-episode, default 0). NumPy inputs.
-    """
-    action = jnp.asarray(action, jnp.int32)
-    reward = jnp.asarray(reward, jnp.float32)
-    T = action.shape[-1]
-    if stream_start is True:
-        start = jnp.zeros(action.shape, bool).at[..., 0].set(True)
-    else:
-        if stream_start is False:
-            start = jnp.zeros(action.shape, bool)
-        else:
-            s = jnp.asarray(stream_start)
-            if jnp.issubdtype(s.dtype, jnp.integer):
-                start = jnp.arange(T) == s[..., None]
-            elif s.shape == action.shape:
-                start = s.astype(bool)
-            else:
-                start = jnp.zeros(action.shape, bool).at[..., 0].set(s.astype(bool))
-            start = jnp.broadcast_to(start, action.shape)
-        if action_before is None or reward_before is None:
-            raise ValueError("step_inputs_from_history: windows that may start mid-stream "
-                             "need action_before and reward_before (the step before the "
-                             "window); pass stream_start=True if every window starts a stream")
-    if action_before is None:
-        action_before = jnp.full(action.shape[:-1], num_actions, jnp.int32)
-        reward_before = jnp.zeros(action.shape[:-1], jnp.float32)
-    prev_action = jnp.concatenate(
-        [jnp.asarray(action_before, jnp.int32)[..., None], action[..., :-1]], axis=-1)
-    prev_reward = jnp.concatenate(
-        [jnp.asarray(reward_before, jnp.float32)[..., None], reward[..., :-1]], axis=-1)
-    prev_action = jnp.where(start, num_actions, prev_action)
-    prev_reward = jnp.where(start, 0.0, prev_reward)
-    episode_start = None
-    if done is not None:
-        done = jnp.asarray(done, bool)
-        before = (jnp.zeros(done.shape[:-1], bool) if done_before is None
-                  else jnp.broadcast_to(jnp.asarray(done_before, bool), done.shape[:-1]))
-        episode_start = jnp.concatenate([before[..., None], done[..., :-1]], axis=-1) | start
-    prev_obs = None
-    if with_prev_obs:
-        axis = action.ndim - 1  # the time axis of every obs leaf
-        if obs_before is None:
-            obs_before = jax.tree.map(
-                lambda o: jnp.zeros(o.shape[:axis] + o.shape[axis + 1:], o.dtype), obs)
-
-        def shift(o, before):
-            o = jnp.asarray(o)
-            before = jnp.expand_dims(jnp.asarray(before, o.dtype), axis)
-            rest = jax.lax.slice_in_dim(o, 0, o.shape[axis] - 1, axis=axis)
-            return jnp.concatenate([before, rest], axis=axis)
-
-        prev_obs = jax.tree.map(shift, obs, obs_before)
-    episode_return = None
-    if with_episode_return:
-        if episode_start is None:
-            raise ValueError("step_inputs_from_history: with_episode_return needs done")
-        episode_return = jnp.asarray(running_episode_return(
-            np.asarray(reward), np.asarray(episode_start),
-            0.0 if return_before is None else np.asarray(return_before)))
-    return StepInputs(obs=obs, prev_action=prev_action, prev_reward=prev_reward,
-                      episode_start=episode_start, prev_obs=prev_obs,
-                      episode_return=episode_return)
-
-
-def dummy_inputs(config: ModelConfig, batch_size: int = 1, num_steps: int = 1) -> StepInputs:
-    """Zero inputs of the right shapes and dtypes (for ``init``)."""
-    B, T = batch_size, num_steps
-    if config.obs_encoder == "minigrid":
-        obs = {"image": jnp.zeros((B, T, *config.obs_shape), jnp.int32),
-               "direction": jnp.zeros((B, T), jnp.int32)}
-    else:
-        obs = jnp.zeros((B, T, *config.obs_shape), jnp.int32)
-    return StepInputs(obs=obs, prev_action=jnp.full((B, T), config.num_actions, jnp.int32),
-                      prev_reward=jnp.zeros((B, T), jnp.float32),
-                      episode_start=(jnp.ones((B, T), bool) if config.episode_start_token
-                                     else None),
-                      prev_obs=(jax.tree.map(jnp.zeros_like, obs) if config.prev_obs_token
-                                else None),
-                      episode_return=(jnp.zeros((B, T), jnp.float32)
-                                      if config.episode_return_token else None))
 
 
 # ----------------------------------------------------------------------------------------
@@ -533,13 +185,7 @@ class ObsEncoder(nn.Module):
             onehot = jax.nn.one_hot(flat, V, dtype=jnp.float32).reshape(*obs.shape[:2], n * V)
             rows = n * V
         table = self.param("embedding", nn.initializers.normal(0.02), (rows, cfg.d_model))
-        x = onehot @ table
-        if cfg.obs_linear:  # ordinal part: value / (V - 1) in [0, 1] per entry
-            n = int(np.prod(cfg.obs_shape))
-            values = obs.reshape(*obs.shape[:2], n).astype(jnp.float32) / max(V - 1, 1)
-            x = x + values @ self.param("linear", nn.initializers.normal(0.02),
-                                        (n, cfg.d_model))
-        return x
+        return onehot @ table
 
     def _minigrid(self, obs) -> jax.Array:
         """``{"image": (B, T, V, V, 3), "direction": (B, T)}`` -> (B, T, d).
@@ -832,14 +478,9 @@ class ADTransformer(nn.Module):
             self.start_embed = self.param("start_embed", init, (cfg.d_model,))
         if cfg.prev_obs_token:
             self.prev_obs_embed = ObsEncoder(cfg)
-        if cfg.episode_return_token:
-            self.return_embed = nn.Dense(cfg.d_model, kernel_init=init)  # g * w + b
         self.blocks = [Block(cfg) for _ in range(cfg.num_layers)]
         self.ln_final = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32)
         self.head = nn.Dense(cfg.num_actions, kernel_init=init, dtype=jnp.float32)
-        if cfg.task_entries:
-            self.task_head = nn.Dense(cfg.task_entries * cfg.obs_num_values, kernel_init=init,
-                                      dtype=jnp.float32)
 
     # ---- shared pieces -------------------------------------------------------------------
     def _embed(self, inputs: StepInputs, train: bool) -> jax.Array:
@@ -864,11 +505,6 @@ class ADTransformer(nn.Module):
                                  "(obs[t-1], leaves (B, T, *obs_shape))")
             known = (inputs.prev_action != cfg.num_actions)[..., None]
             o = o + jnp.where(known, self.prev_obs_embed(inputs.prev_obs), 0.0)
-        if cfg.episode_return_token:
-            if inputs.episode_return is None:
-                raise ValueError("ModelConfig.episode_return_token=True needs "
-                                 "StepInputs.episode_return (B, T) float32")
-            o = o + self.return_embed(inputs.episode_return.astype(jnp.float32)[..., None])
         if cfg.token_layout == "step":
             x = o + a + r
         else:  # (a_{t-1}, r_{t-1}, o_t) per step
@@ -882,7 +518,7 @@ class ADTransformer(nn.Module):
         return _dropout(self, x, cfg.dropout, train)
 
     def _normalized(self, x: jax.Array) -> jax.Array:
-        """The final LayerNorm, read by the action head and the task head alike."""
+        """The final LayerNorm of the tokens that predict actions."""
         h = self.ln_final(x)
         if self.is_mutable_collection("intermediates"):
             self.sow("intermediates", "ln_final.hook_normalized", h)
@@ -896,28 +532,7 @@ class ADTransformer(nn.Module):
 
     # ---- full (training) forward ------------------------------------------------------------
     def __call__(self, inputs: StepInputs, *, train: bool, valid=None) -> jax.Array:
-        h = self._normalized(self._trunk(inputs, train, valid))
-        if self.config.task_entries and (self.is_initializing()
-                                         or self.is_mutable_collection("intermediates")):
-            # create the auxiliary head's params with the rest; under run_with_cache, record
-            # what it reads out (hook_task_logits) without changing the action logits
-            self._task_logits(h)
-        return self._logits(h)
-
-    def with_task_logits(self, inputs: StepInputs, *, train: bool, valid=None) -> "TaskOutputs":
-        """The action logits of ``__call__`` and the auxiliary task head's, one pass."""
-        if not self.config.task_entries:
-            raise ValueError("ADTransformer.with_task_logits needs ModelConfig.task_entries > 0")
-        h = self._normalized(self._trunk(inputs, train, valid))
-        return TaskOutputs(logits=self._logits(h), task_logits=self._task_logits(h))
-
-    def _task_logits(self, h: jax.Array) -> jax.Array:
-        cfg = self.config
-        z = self.task_head(h)
-        z = z.reshape(*z.shape[:-1], cfg.task_entries, cfg.obs_num_values)
-        if self.is_mutable_collection("intermediates"):
-            self.sow("intermediates", "hook_task_logits", z)
-        return z
+        return self._logits(self._normalized(self._trunk(inputs, train, valid)))
 
     def _trunk(self, inputs: StepInputs, train: bool, valid) -> jax.Array:
         """(B, T, d): the final residual of the tokens that predict ``action[t]``."""
@@ -969,38 +584,6 @@ def init_params(config: ModelConfig, key: jax.Array, num_steps: int = 2) -> PyTr
     """Fresh parameters (the inner ``params`` dict every function here takes)."""
     return ADTransformer(config).init(key, dummy_inputs(config, 1, num_steps),
                                       train=False)["params"]
-
-
-def _flat_name(path: tuple[str, ...]) -> str:
-    parts = []
-    for p in path:
-        if p.startswith("blocks_") and p[7:].isdigit():
-            parts += ["blocks", p[7:]]
-        else:
-            parts.append(p)
-    return ".".join(parts)
-
-
-def run_with_cache(params: PyTree, config: ModelConfig, inputs: StepInputs, *, valid=None,
-                   train: bool = False, rngs=None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Logits and every named activation (module docstring) from one forward pass."""
-    logits, state = ADTransformer(config).apply(
-        {"params": params}, inputs, train=train, valid=valid, rngs=rngs,
-        mutable=["intermediates"])
-    T = inputs.prev_action.shape[1]
-    N = T * config.tokens_per_step
-    flat = {}
-    for path, value in jax.tree_util.tree_flatten_with_path(
-            state["intermediates"], is_leaf=lambda v: isinstance(v, tuple))[0]:
-        name = _flat_name(tuple(k.key for k in path))
-        value = value[0]  # sow stores a 1-tuple per call
-        # The blocked attention pads windows to whole blocks at the end: drop the padding.
-        if name.endswith("hook_pattern"):
-            value = value[..., :N, :N]
-        elif not name.startswith(("ln_final", "hook_logits")):
-            value = value[:, :N]
-        flat[name] = value
-    return logits, flat
 
 
 @struct.dataclass

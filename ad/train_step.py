@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from ad.model import ADTransformer, StepInputs
+from ad.inputs import StepInputs
+from ad.model import ADTransformer
 
 PyTree = Any
 
@@ -33,9 +34,6 @@ class Batch(NamedTuple):
     inputs: StepInputs  # what the model sees at each step
     target_action: jax.Array  # (B, T) int32: action[t], predicted by logits[:, t]
     mask: jax.Array  # (B, T) float32: 1 for steps that count in the loss, 0 for padding
-    # (B, E) int32: each window's task entries, the auxiliary head's targets at every step
-    # (ModelConfig.task_entries = E); None without the head
-    task_target: jax.Array | None = None
 
 
 @struct.dataclass
@@ -86,49 +84,26 @@ def smoothed_cross_entropy(logits: jax.Array, target: jax.Array,
 
 
 def loss_fn(params: PyTree, batch: Batch, rng: jax.Array | None, *, model: ADTransformer,
-            label_smoothing: float = 0.0, task_weight: float = 0.0, train: bool = True):
-    """Masked mean smoothed cross-entropy on ``action[t]`` (plus the auxiliary task loss);
-    returns (objective, metrics).
+            label_smoothing: float = 0.0, train: bool = True):
+    """Masked mean smoothed cross-entropy on ``action[t]``; returns (loss, metrics).
 
-    metrics: ``loss`` (the action cross-entropy), ``accuracy`` (argmax == target over
-    masked steps), ``num_steps`` (mask sum). An all-zero mask gives loss 0 rather than NaN.
-    With ``task_weight`` > 0 (needs ``batch.task_target`` and a model with a task head)
-    the objective is ``loss + task_weight * task_loss``, ``task_loss`` being the masked
-    mean over steps of the mean over task entries of their cross-entropy (no smoothing);
-    metrics add ``task_loss`` and ``task_accuracy`` (all entries right at a step).
+    metrics: ``loss``, ``accuracy`` (argmax == target over masked steps), ``num_steps``
+    (mask sum). An all-zero mask gives loss 0 rather than NaN.
     """
     rngs = {"dropout": rng} if train else None
-    variables = {"params": params}
-    out = None
-    if task_weight > 0:
-        if batch.task_target is None:
-            raise ValueError("loss_fn: task_weight > 0 needs Batch.task_target (WindowSampler("
-                             "task_targets=...))")
-        out = model.apply(variables, batch.inputs, train=train, rngs=rngs,
-                          method=ADTransformer.with_task_logits)
-    logits = (out.logits if out is not None
-              else model.apply(variables, batch.inputs, train=train, rngs=rngs))
+    logits = model.apply({"params": params}, batch.inputs, train=train, rngs=rngs)
     mask = batch.mask.astype(jnp.float32)
     denom = jnp.maximum(mask.sum(), 1.0)
     ce = smoothed_cross_entropy(logits, batch.target_action, label_smoothing)
     loss = (ce * mask).sum() / denom
     correct = (jnp.argmax(logits, -1) == batch.target_action).astype(jnp.float32)
     accuracy = (correct * mask).sum() / denom
-    metrics = {"loss": loss, "accuracy": accuracy, "num_steps": mask.sum()}
-    if out is None:
-        return loss, metrics
-    target = jnp.broadcast_to(batch.task_target[:, None], out.task_logits.shape[:-1])
-    task_ce = smoothed_cross_entropy(out.task_logits, target, 0.0).mean(-1)  # (B, T)
-    task_loss = (task_ce * mask).sum() / denom
-    all_right = (jnp.argmax(out.task_logits, -1) == target).all(-1).astype(jnp.float32)
-    metrics.update(task_loss=task_loss, task_accuracy=(all_right * mask).sum() / denom)
-    return loss + task_weight * task_loss, metrics
+    return loss, {"loss": loss, "accuracy": accuracy, "num_steps": mask.sum()}
 
 
 def make_train_step(model: ADTransformer, optimizer: optax.GradientTransformation,
-                    label_smoothing: float = 0.0,
-                    task_weight: float = 0.0) -> Callable[[TrainState, Batch],
-                                                          tuple[TrainState, dict]]:
+                    label_smoothing: float = 0.0) -> Callable[[TrainState, Batch],
+                                                              tuple[TrainState, dict]]:
     """``train_step(state, batch) -> (state, metrics)``, pure; jit once, donate ``state``.
 
     metrics add ``grad_norm`` (before clipping) to those of ``loss_fn``.
@@ -136,14 +111,11 @@ def make_train_step(model: ADTransformer, optimizer: optax.GradientTransformatio
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"make_train_step: label_smoothing must lie in [0, 1), got "
                          f"{label_smoothing}")
-    if task_weight < 0:
-        raise ValueError(f"make_train_step: task_weight must be >= 0, got {task_weight}")
 
     def train_step(state: TrainState, batch: Batch):
         rng = jax.random.fold_in(state.rng, state.step)
         grads, metrics = jax.grad(loss_fn, has_aux=True)(
-            state.params, batch, rng, model=model, label_smoothing=label_smoothing,
-            task_weight=task_weight)
+            state.params, batch, rng, model=model, label_smoothing=label_smoothing)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = dict(metrics, grad_norm=optax.tree.norm(grads))

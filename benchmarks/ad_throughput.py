@@ -46,16 +46,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ad.config import ModelConfig  # noqa: E402
+from ad.inputs import StepInputs, stream_inputs  # noqa: E402
 from ad.model import (  # noqa: E402
     ADTransformer,
-    ModelConfig,
-    StepInputs,
     decode_step,
     init_cache,
     init_params,
     init_recompute_buffer,
     recompute_step,
-    step_inputs_from_history,
 )
 from ad.train import data_parallel_train_step  # noqa: E402
 from ad.train_step import Batch, init_train_state, make_optimizer  # noqa: E402
@@ -85,11 +84,12 @@ def matmul_peak(repeats: int) -> dict:
     return {"gflops_wall": flops / wall / 1e9, "gflops_cpu_per_core": flops / cpu / 1e9}
 
 
-def random_batch(rng, B, T) -> Batch:
+def random_batch(rng, cfg: ModelConfig, B, T) -> Batch:
     obs = rng.integers(0, SIZE, (B, T, 2)).astype(np.int32)
     action = rng.integers(0, NUM_ACTIONS, (B, T)).astype(np.int32)
     reward = (rng.random((B, T)) < 0.3).astype(np.float32)
-    inputs = step_inputs_from_history(obs, action, reward, num_actions=NUM_ACTIONS)
+    done = np.zeros((B, T), bool)
+    inputs = stream_inputs(obs, action, reward, done, cfg)
     return Batch(inputs=inputs, target_action=jnp.asarray(action),
                  mask=jnp.ones((B, T), jnp.float32))
 
@@ -98,7 +98,7 @@ def bench_train(cfg: ModelConfig, B: int, T: int, iters: int, repeats: int, core
     """The train step of ad.train.distill: data-parallel over all jax.devices()."""
     opt = make_optimizer(3e-4, 100, 10_000)
     parallel = data_parallel_train_step(ADTransformer(cfg), opt)
-    batch = jax.device_put(random_batch(np.random.default_rng(0), B, T), parallel.data_sharded)
+    batch = jax.device_put(random_batch(np.random.default_rng(0), cfg, B, T), parallel.data_sharded)
     state = jax.device_put(
         init_train_state(init_params(cfg, jax.random.key(0)), opt, jax.random.key(1)),
         parallel.replicated)

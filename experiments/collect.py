@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import importlib
 import math
 import sys
 import time
@@ -61,7 +60,7 @@ class CollectConfig:
     out: str | Path  # dataset directory to create (or resume)
     env: str = "darkroom"  # registered environment name (envs.registered())
     env_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # static env fields, e.g. {"horizon": 30}
-    source: str = "ppo"  # source agent: a name in source_agents.SOURCES or an importable module path
+    source: str = "ppo"  # source agent: a registered name (source_agents.registered()) or an importable module path
     source_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # fields of the source Config, e.g. {"num_steps": 4000}
     num_histories: int = 2000  # histories to collect (one agent on one task each)
     split: str = "train"  # task split to collect on: "train" or "test"
@@ -100,24 +99,10 @@ def resolve_source(name: str):
     """A source namespace (``Config``, ``make_train``) by registered name or module path.
 
     ``module.path`` or ``module.path:attribute`` lets researchers collect from their own
-    source without registering it.
+    source without registering it (``source_agents.get``; the dataset spec records the
+    string as given).
     """
-    if name in source_agents.SOURCES:
-        return source_agents.get(name)
-    if "." in name or ":" in name:
-        module_name, _, member = name.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as e:
-            raise ValueError(f"source {name!r}: cannot import {module_name!r} ({e})") from None
-        source = getattr(module, member) if member else module
-        if not (hasattr(source, "Config") and hasattr(source, "make_train")):
-            raise ValueError(f"source {name!r} must expose Config and make_train")
-        return source
-    raise ValueError(
-        f"unknown source {name!r}; registered: {', '.join(sorted(source_agents.SOURCES))} "
-        "(or give an importable module path)"
-    )
+    return source_agents.get(name)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -425,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--source", default="ppo",
-        help=f"source agent: one of {', '.join(sorted(source_agents.SOURCES))}, or an importable "
+        help=f"source agent: one of {', '.join(source_agents.registered())}, or an importable "
         "module path exposing Config and make_train (default: ppo)",
     )
     parser.add_argument(

@@ -32,7 +32,8 @@ import envs
 import source_agents
 from ad import evaluate as ev
 from ad.plots import plot_curves
-from ad.train import DistillConfig, distill, load_model
+from ad.checkpoints import load_model
+from ad.train import DistillConfig, distill
 from ad.utils import atomic_write_text, provenance, reexec_with_hugepage_malloc
 from experiments.collect import CollectConfig, collect
 from experiments.settings import SETTINGS, Setting, get_setting
@@ -206,6 +207,9 @@ def run(setting: Setting, seeds=(0,), with_ed: bool = False, data_root="data", r
         out_root="results", distill_overrides: dict | None = None, quiet: bool = False,
         temperature: float = 1.0) -> dict:
     ev.check_temperature(temperature)  # before any collect/distill work
+    distill_kw = {**setting.distill, **(distill_overrides or {})}
+    DistillConfig.from_dict({**distill_kw, "dataset": "", "out": ""},  # names a bad field now,
+                            where=f"{setting.name} distill settings")  # not after collection
     t0 = time.time()
     timings = {}
     data_dir = Path(data_root) / setting.name
@@ -215,19 +219,21 @@ def run(setting: Setting, seeds=(0,), with_ed: bool = False, data_root="data", r
                           subsample_every=setting.subsample_every,
                           subsample_steps=setting.subsample_steps, verbose=not quiet))
     timings["collect_s"] = time.time() - t0
-    distill_kw = {**setting.distill, **(distill_overrides or {})}
     ad_models, ed_models = [], []
     for seed in seeds:
         t = time.time()
-        run_dir = distill(DistillConfig(dataset=str(data_dir), out=str(Path(runs_root) / setting.name / f"ad-seed{seed}"),
-                                        seed=seed, progress=not quiet, **distill_kw))
+        config = DistillConfig.from_dict({
+            **distill_kw, "dataset": str(data_dir), "seed": seed, "progress": not quiet,
+            "out": str(Path(runs_root) / setting.name / f"ad-seed{seed}")})
+        run_dir = distill(config)
         timings[f"distill_ad_seed{seed}_s"] = time.time() - t
         ad_models.append(load_model(run_dir))
         if with_ed:
             t = time.time()
-            last = setting.ed_last_steps or max(distill_kw.get("window", 0), 2 * distill_kw["context"])
-            run_dir = distill(DistillConfig(dataset=str(data_dir), out=str(Path(runs_root) / setting.name / f"ed-seed{seed}"),
-                                            seed=seed, progress=not quiet, last_steps=last, **distill_kw))
+            # ED: windows from the last training window's worth of steps of each history
+            ed = dataclasses.replace(config, out=str(Path(runs_root) / setting.name / f"ed-seed{seed}"),
+                                     last_steps=setting.ed_last_steps or config.window_steps)
+            run_dir = distill(ed)
             timings[f"distill_ed_seed{seed}_s"] = time.time() - t
             ed_models.append(load_model(run_dir))
     t = time.time()

@@ -7,8 +7,8 @@ and ``truncated[t]``; when either flag is set, ``obs[t + 1]`` is the first obser
 of the next episode of the same task (the env auto-resets).
 
 ``intended_action`` (optional, ``None`` for most sources): the action the source's own
-policy chose at step ``t`` before injected noise replaced it (DART-style collection,
-``slip_prob`` in ``source_agents.ppo`` / ``source_agents.memory``). ``action`` is always
+policy chose at step ``t`` before injected noise replaced it (the memory diagnostic's
+epsilon steps, ``source_agents.memory``). ``action`` is always
 what was executed, so the stream stays the one the env lived; a distillation run may
 take its targets from ``intended_action`` instead (``DistillConfig.targets``), so that
 the model sees the perturbed contexts but learns the source's unperturbed choices.

@@ -19,22 +19,6 @@ the GAE recursion never crosses an episode boundary (see ``gae``).
 
 Observations are encoded by ``networks.make_encoder`` together with the env's
 ``source_features`` (Key-to-Door's has-key bit), so a feed-forward policy suffices.
-
-Slips (``slip_prob > 0``, DART-style data for distillation): each episode is, with that
-probability, a slip in which uniformly random actions are executed throughout, while
-the history's ``intended_action`` records what the policy sampled at each step. Slip
-steps are off-policy, so they are left out of the policy loss and the entropy bonus
-(they still train the critic and feed GAE: their returns are what the agent lived).
-The histories then show failed episodes after the agent has learned, followed by its
-recoveries, with clean labels throughout (``DistillConfig.targets="intended_action"``).
-With ``slip_prob = 0`` every draw and update is as without the option.
-
-Sharpened labels (``label_temperature = tau < 1``): ``intended_action`` records the
-policy's sample at temperature ``tau``, ``argmax(logits / tau + g)`` with the *same*
-Gumbel noise ``g`` that drew the executed action ``argmax(logits + g)`` (so the two agree
-wherever the policy is decided, and ``tau -> 0`` is its mode). PPO itself acts and
-learns exactly as without the option; a model distilled on these labels imitates a
-less noisy version of the same learner.
 """
 
 from __future__ import annotations
@@ -80,9 +64,6 @@ class Config:
     shared_torso: bool = True  # one torso for actor and critic (half the hidden FLOPs)
     encoding: str = "onehot"  # observation encoding, see source_agents.networks
     rollout_unroll: int = 1  # lax.scan unroll of the env-step loop (speed only)
-    slip_prob: float = 0.0  # P(an episode is a slip: uniform random actions throughout)
-    label_temperature: float = 1.0  # < 1: record the policy's sample at this temperature
-    #   (same Gumbel noise) as intended_action; acting and learning are unchanged
 
     def __post_init__(self):
         for name in ("num_steps", "rollout_len", "num_epochs", "num_minibatches", "rollout_unroll"):
@@ -103,13 +84,6 @@ class Config:
             raise ValueError(f"ppo.Config.activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if self.encoding not in ENCODINGS:
             raise ValueError(f"ppo.Config.encoding must be one of {ENCODINGS}, got {self.encoding!r}")
-        p = self.slip_prob
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
-            raise ValueError(f"ppo.Config.slip_prob must be a number in [0, 1), got {p!r}")
-        tau = self.label_temperature
-        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0.0 < tau <= 1.0:
-            raise ValueError(f"ppo.Config.label_temperature must be a number in (0, 1], got "
-                             f"{tau!r}")
         for name in ("lr", "gamma", "gae_lambda", "clip_eps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ppo.Config.{name} must be > 0, got {getattr(self, name)!r}")
@@ -212,8 +186,6 @@ class Transition(NamedTuple):
     terminated: jax.Array  # () bool
     truncated: jax.Array  # () bool
     final_x: jax.Array  # (in_dim,) encoding of the true next state (for bootstrapping)
-    intended: jax.Array  # () int32: the policy's sample (= action unless slipping)
-    on_policy: jax.Array  # () float32: 1 unless the step was a slip's random action
 
 
 class Batch(NamedTuple):
@@ -222,7 +194,6 @@ class Batch(NamedTuple):
     log_prob: jax.Array  # (B,)
     advantages: jax.Array  # (B,)
     returns: jax.Array  # (B,)
-    on_policy: jax.Array  # (B,) float32: weight of each step in the policy loss
 
 
 def make_train(env: Environment, config: Config):
@@ -260,11 +231,9 @@ def make_train(env: Environment, config: Config):
             adv = (adv - adv.mean()) / jnp.maximum(adv.std(), config.adv_std_floor + 1e-8)
         ratio = jnp.exp(log_prob - batch.log_prob)
         clipped = jnp.clip(ratio, 1.0 - config.clip_eps, 1.0 + config.clip_eps)
-        # slip steps (weight 0) were not drawn from the policy: no policy gradient there
-        w = batch.on_policy / jnp.maximum(jnp.sum(batch.on_policy), 1.0)
-        policy_loss = -jnp.sum(w * jnp.minimum(ratio * adv, clipped * adv))
+        policy_loss = -jnp.mean(jnp.minimum(ratio * adv, clipped * adv))
         value_loss = 0.5 * jnp.mean(jnp.square(value - batch.returns))
-        entropy = -jnp.sum(w * jnp.sum(jnp.exp(log_probs) * log_probs, -1))
+        entropy = -jnp.mean(jnp.sum(jnp.exp(log_probs) * log_probs, -1))
         return policy_loss + config.vf_coef * value_loss - ent_coef * entropy
 
     def sgd_step(carry, batch: Batch, ent_coef):
@@ -279,17 +248,8 @@ def make_train(env: Environment, config: Config):
         opt_state = tx.init(net_params)
         obs, env_state = env.reset(key_reset, params)
 
-        def draw_slips(key, n):
-            """``n`` slips' random actions and ``n`` slip flags (of the episodes starting
-            after each step), from keys folded off ``key``: other draws stay as without
-            slips; with slip_prob = 0 nothing is drawn (no PRNG work on the hot path)."""
-            if config.slip_prob == 0:
-                return jnp.zeros((n,), jnp.int32), jnp.zeros((n,), bool)
-            actions = jax.random.randint(jax.random.fold_in(key, 1), (n,), 0, num_actions, jnp.int32)
-            return actions, jax.random.uniform(jax.random.fold_in(key, 2), (n,)) < config.slip_prob
-
         def update(carry, xs):
-            net_params, opt_state, obs, env_state, slipping = carry
+            net_params, opt_state, obs, env_state = carry
             update_index, key_update = xs
             ent_coef = ent_weight(update_index)
             key_env, key_act, key_perm = jax.random.split(key_update, 3)
@@ -297,19 +257,13 @@ def make_train(env: Environment, config: Config):
             # small PRNG call per step. Sampling = argmax(logits + Gumbel noise).
             env_keys = jax.random.split(key_env, T)
             gumbel = jax.random.gumbel(key_act, (T, num_actions))
-            slip_actions, slip_next = draw_slips(key_update, T)
 
             def env_step(c, xs):
-                obs, env_state, slipping = c
-                key_step, noise, random_action, slip_next = xs
+                obs, env_state = c
+                key_step, noise = xs
                 x = encoder.encode(obs, env.source_features(env_state))
                 logits, value = network.apply(net_params, x)
-                sampled = jnp.argmax(logits + noise).astype(jnp.int32)
-                action = jnp.where(slipping, random_action, sampled)
-                intended = sampled
-                if config.label_temperature < 1.0:  # the same draw at a lower temperature
-                    intended = jnp.argmax(logits / config.label_temperature + noise).astype(
-                        jnp.int32)
+                action = jnp.argmax(logits + noise).astype(jnp.int32)
                 log_prob = jnp.sum(jax.nn.log_softmax(logits) * one_hot(action, num_actions))
                 next_obs, next_state, reward, terminated, truncated, info = env.step(
                     key_step, env_state, action, params
@@ -319,14 +273,12 @@ def make_train(env: Environment, config: Config):
                 )
                 tr = Transition(
                     obs, x, action, log_prob, value, reward.astype(jnp.float32),
-                    terminated, truncated, final_x, intended, 1.0 - slipping.astype(jnp.float32),
+                    terminated, truncated, final_x,
                 )
-                done = jnp.logical_or(terminated, truncated)
-                slipping = jnp.where(done, slip_next, slipping)
-                return (next_obs, next_state, slipping), tr
+                return (next_obs, next_state), tr
 
-            (obs, env_state, slipping), traj = jax.lax.scan(
-                env_step, (obs, env_state, slipping), (env_keys, gumbel, slip_actions, slip_next),
+            (obs, env_state), traj = jax.lax.scan(
+                env_step, (obs, env_state), (env_keys, gumbel),
                 unroll=config.rollout_unroll,
             )
             # One batched critic pass over the true successors of all T steps.
@@ -335,8 +287,7 @@ def make_train(env: Environment, config: Config):
                 traj.reward, traj.value, next_value, traj.terminated,
                 jnp.logical_or(traj.terminated, traj.truncated), config.gamma, config.gae_lambda,
             )
-            data = Batch(traj.x, traj.action, traj.log_prob, adv.advantages, adv.returns,
-                         traj.on_policy)
+            data = Batch(traj.x, traj.action, traj.log_prob, adv.advantages, adv.returns)
 
             def epoch(c, key_epoch):
                 perm = jax.random.permutation(key_epoch, T)
@@ -350,14 +301,13 @@ def make_train(env: Environment, config: Config):
                 epoch, (net_params, opt_state), jax.random.split(key_perm, config.num_epochs)
             )
             record = LearningHistory(
-                traj.obs, traj.action, traj.reward, traj.terminated, traj.truncated,
-                traj.intended if config.slip_prob > 0 or config.label_temperature < 1 else None,
+                traj.obs, traj.action, traj.reward, traj.terminated, traj.truncated
             )
-            return (net_params, opt_state, obs, env_state, slipping), record
+            return (net_params, opt_state, obs, env_state), record
 
         _, records = jax.lax.scan(
             update,
-            (net_params, opt_state, obs, env_state, draw_slips(key_reset, 1)[1][0]),
+            (net_params, opt_state, obs, env_state),
             (jnp.arange(config.num_updates), jax.random.split(key_loop, config.num_updates)),
         )
         # (num_updates, T, ...) -> (num_steps, ...): the updates' rollouts are consecutive.
