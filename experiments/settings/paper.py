@@ -29,31 +29,30 @@ register(Setting(
     distill=_BANDIT_DISTILL,
     eval_episodes=100, eval_tasks=1000, report_episodes=(10, 50, 95)))
 
+# The Dark Room family's model and training: a band of 3 episodes, windows of 6.
+_DARKROOM_DISTILL = dict(context=60, window=120, d_model=64, num_layers=2, num_heads=4,
+                         mlp_dim=256, dropout=0.1, obs_encoder="xy", batch_size=128,
+                         num_steps=2000, lr=1e-3, warmup_steps=200)
+
 # Dark Room from PPO learning histories on the 65 training goals, every 8th episode kept.
 register(Setting(
     name="darkroom", env="darkroom", source="ppo", histories=1040, source_overrides={},
     subsample_every=8,
-    distill=dict(context=60, window=120, d_model=64, num_layers=2, num_heads=4, mlp_dim=256,
-                 dropout=0.1, obs_encoder="xy", batch_size=128, num_steps=2000, lr=1e-3,
-                 warmup_steps=200),
+    distill=_DARKROOM_DISTILL,
     eval_episodes=200, report_episodes=(10, 50, 100, 200)))
 
 # Dark Room from noise-distilled histories (AD^epsilon), reported beside the PPO one.
 register(Setting(
     name="darkroom-noise", env="darkroom", source="noise", histories=520,
     source_overrides=dict(num_steps=1200, anneal_fraction=0.7),
-    distill=dict(context=60, window=120, d_model=64, num_layers=2, num_heads=4, mlp_dim=256,
-                 dropout=0.1, obs_encoder="xy", batch_size=64, num_steps=2000, lr=1e-3,
-                 warmup_steps=200),
+    distill={**_DARKROOM_DISTILL, "batch_size": 64},
     eval_episodes=200, report_episodes=(10, 50, 100, 200)))
 
 # Dark Room Hard (17x17, +1 only on first arrival) from PPO histories, every 8th episode kept.
 register(Setting(
     name="darkroom-hard", env="darkroom-hard", source="ppo", histories=1155, source_overrides={},
     subsample_every=8,
-    distill=dict(context=60, window=120, d_model=64, num_layers=2, num_heads=4, mlp_dim=256,
-                 dropout=0.1, obs_encoder="xy", batch_size=128, num_steps=2000, lr=1e-3,
-                 warmup_steps=200),
+    distill=_DARKROOM_DISTILL,
     eval_episodes=200, report_episodes=(10, 50, 100, 200)))
 
 # Dark FourRooms (MiniGrid, hidden goal; one layout per task) from noise distillation of the
