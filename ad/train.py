@@ -276,9 +276,16 @@ def distill(config: DistillConfig, overwrite: bool = False) -> Path:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines past the checkpoint we resume from (they will be recomputed)."""
+    """Drop metric lines past the checkpoint we resume from (they will be recomputed), and
+    a partial line left by an interrupted write (e.g. a full disk)."""
     if not path.exists():
         return
+
+    def step_of(line: str):
+        try:
+            return json.loads(line)["step"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return None  # partial or foreign line: dropped, the steps it held are redone
     keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= step]
+            if (s := step_of(line)) is not None and s <= step]
     atomic_write_text(path, "".join(line + "\n" for line in keep))

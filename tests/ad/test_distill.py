@@ -183,3 +183,15 @@ def test_toy_bandit_improves_in_context(tmp_path):
     diff = late - early
     se = diff.std(ddof=1) / np.sqrt(len(diff))
     assert diff.mean() > 5 * se, (diff.mean(), se)
+
+
+def test_a_partial_metrics_line_is_dropped_on_resume(tmp_path):
+    """A metrics.jsonl whose last line was cut mid-write (disk full, kill) does not block a
+    resume: complete lines up to the checkpoint stay, the partial one and later ones go."""
+    from ad.train import _truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 50, "loss": 1.0}\n{"step": 100, "loss": 0.9}\n'
+                    '{"step": 150, "loss": 0.8}\n{"step": 200, "lo')
+    _truncate_metrics(path, 100)
+    assert path.read_text() == '{"step": 50, "loss": 1.0}\n{"step": 100, "loss": 0.9}\n'
