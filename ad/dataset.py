@@ -48,8 +48,11 @@ seed, ``extra``: anything else the writer passed, e.g. ``subsample_every``,
 ``history_note``), ``num_histories``, ``num_steps``, ``leaves`` (per file stem: ``kind``
 "step" (n, T, ...), "history" (n, ...) or "episodes" (n, E); trailing ``shape``;
 ``dtype``), ``shards`` (``dir``, ``start``, ``stop``, ``max_episodes``, ``files`` with
-``shape``, ``dtype``, ``bytes``, ``blake2b``), ``created`` (UTC ISO time), ``versions``
-(python and package versions) and ``git_commit`` (null outside a git checkout).
+``shape``, ``dtype``, ``bytes``, ``blake2b``), ``content_blake2b`` (``ad.integrity.
+json_digest`` of the keys above: any edit of the spec, layout or shard table is caught),
+``created`` (UTC ISO time), ``versions`` (python and package versions) and ``git_commit``
+(null outside a git checkout). ``Dataset.content_id`` is that digest: it names a dataset
+by its content, wherever it lives (distillation runs record it).
 
 Atomicity and resume
 --------------------
@@ -66,11 +69,21 @@ the old dataset first; a non-empty directory that is not a dataset is never dele
 
 Validation
 ----------
-``load_dataset`` checks the schema version, that every file exists, and each file's
-``.npy`` header (shape, dtype) and size against ``meta.json`` (catches truncation);
-this reads headers only. ``verify=True`` / ``Dataset.verify()`` also recomputes every
-blake2b checksum. Every problem raises ``DatasetError`` (a ``ValueError``) naming the
-file and what is wrong.
+``load_dataset`` checks the schema version, ``content_blake2b``, that ``spec.json`` agrees
+with ``meta.json``, that the required leaves exist, that each shard directory's name
+matches its range, that every file exists, and each file's ``.npy`` header (shape,
+dtype) and size against ``meta.json`` (catches truncation); this reads headers only.
+``verify=True`` / ``Dataset.verify()`` also recomputes every blake2b checksum (cached
+per process, ``ad.integrity.file_digest``); ``check_values=True`` /
+``Dataset.check_values()`` checks that actions, observations and task-independent
+fields are in range and rewards finite. Distillation opens its dataset with both;
+rerunning ``experiments.collect`` over a finished dataset verifies it. Every problem
+raises ``DatasetError`` (an ``ad.integrity.IntegrityError``, a ``ValueError``) naming the
+file and what is wrong. Datasets written before ``content_blake2b`` existed load with a
+one-line warning.
+
+Readers never lock: any number of processes may read a finished dataset; only a
+``DatasetWriter`` (which a finished dataset never needs) takes ``.lock``.
 
 Memory maps keep one file descriptor each; a dataset opens at most
 ``files_per_shard × shards`` of them, lazily, so prefer large shards for huge datasets.
@@ -93,7 +106,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from ad.utils import atomic_write_text, fsync_dir, provenance
+from ad.integrity import IntegrityError, check_file, json_digest, warn_legacy
+from ad.utils import atomic_write_text, fault_point, fsync_dir, provenance
 from source_agents.history import LearningHistory, episode_returns
 
 PyTree = Any
@@ -118,10 +132,15 @@ _STEP_DTYPES = {
     "truncated": (np.bool_, "biu"),
     "intended_action": (np.int32, "iu"),
 }
-_CHUNK = 1 << 20
+# the keys of meta.json that define a dataset's content (``content_blake2b`` covers them)
+_CONTENT_KEYS = ("format", "schema_version", "spec", "num_histories", "num_steps", "leaves",
+                 "shards")
+_REQUIRED_LEAVES = {"action": "step", "reward": "step", "terminated": "step",
+                    "truncated": "step", "episode_returns": "episodes",
+                    "num_episodes": "history"}
 
 
-class DatasetError(ValueError):
+class DatasetError(IntegrityError):
     """A dataset on disk is missing, incomplete, corrupt or does not match a request."""
 
 
@@ -201,6 +220,42 @@ def _lookup(data: Any, dotted: str) -> Any:
         else:
             return "<missing>"
     return data
+
+
+# spec.extra keys added after datasets were first written: a finished dataset whose spec
+# predates one is still the dataset asked for (its data are what they are)
+_LATER_EXTRA_KEYS = ("chunk_size",)
+
+
+def check_same_spec(path: Path, old: Mapping[str, Any], new: Mapping[str, Any], *,
+                    finished: bool) -> None:
+    """Raise ``DatasetError`` naming the first differing field unless ``old`` (on disk) and
+    ``new`` (requested) describe the same dataset."""
+    old_extra = old.get("extra") if isinstance(old.get("extra"), dict) else {}
+    legacy = [k for k in _LATER_EXTRA_KEYS if k not in old_extra and k in new.get("extra", {})]
+    if legacy and not finished:
+        raise DatasetError(
+            f"{path}: an unfinished dataset started by an older version, which computed "
+            f"histories in batches of the shard size; finishing it now would mix two batchings "
+            f"(different floating point). Pass --overwrite (overwrite=True) to recollect it")
+    if legacy:
+        new = dict(new, extra={k: v for k, v in new["extra"].items() if k not in legacy})
+    diff = _first_difference(old, new)
+    if diff:
+        raise DatasetError(
+            f"{path}: exists with a different {diff!r} "
+            f"(on disk: {_lookup(old, diff)!r}, requested: {_lookup(new, diff)!r}); "
+            "pass overwrite=True (--overwrite) to replace it, or choose another path")
+
+
+def open_finished(path: str | os.PathLike, spec: DatasetSpec) -> "Dataset":
+    """A finished dataset opened read-only (no lock): checked against ``spec``, verified
+    (checksums) and value-checked. ``experiments.collect`` uses it on a rerun."""
+    dataset = load_dataset(path)
+    check_same_spec(dataset.path, dataset.metadata["spec"], spec.to_json(), finished=True)
+    dataset.verify()
+    dataset.check_values()
+    return dataset
 
 
 # ---------------------------------------------------------------------------------------
@@ -294,12 +349,9 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
     return tuple(shape), dtype, offset
 
 
-def _blake2b(path: Path) -> str:
-    h = hashlib.blake2b()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
+def content_digest(meta: Mapping[str, Any]) -> str:
+    """The digest of a dataset's content keys in ``meta.json`` (its ``content_id``)."""
+    return json_digest({k: meta.get(k) for k in _CONTENT_KEYS})
 
 
 def _human_bytes(n: int) -> str:
@@ -387,10 +439,10 @@ class DatasetWriter:
 
     def _check_identity(self) -> None:
         spec_path, meta_path = self.path / SPEC_FILE, self.path / META_FILE
-        if spec_path.exists():
-            old = _read_json(spec_path)
-        elif meta_path.exists():
-            old = _read_json(meta_path).get("spec", {})
+        if spec_path.exists() or meta_path.exists():
+            old = _read_json(spec_path) if spec_path.exists() else _read_json(meta_path).get("spec", {})
+            check_same_spec(self.path, old, self._spec_json, finished=meta_path.exists())
+            return
         else:
             others = [
                 p.name for p in self.path.iterdir() if p.name != LOCK_FILE and not p.name.startswith(_TMP_PREFIX)
@@ -401,16 +453,9 @@ class DatasetWriter:
                     f"(found {sorted(others)[:5]}); choose another path"
                 )
             _atomic_write_json(spec_path, self._spec_json)
-            return
-        diff = _first_difference(old, self._spec_json)
-        if diff:
-            raise DatasetError(
-                f"{self.path}: exists with a different {diff!r} "
-                f"(on disk: {_lookup(old, diff)!r}, requested: {_lookup(self._spec_json, diff)!r}); "
-                "pass overwrite=True (--overwrite) to replace it, or choose another path"
-            )
 
     def _adopt_existing(self, shard_dir: Path) -> None:
+        """Take over a finished shard of an interrupted run, verified (checksums)."""
         match = _SHARD_RE.match(shard_dir.name)
         if not match:
             raise DatasetError(f"{shard_dir}: unexpected shard directory name")
@@ -420,6 +465,11 @@ class DatasetWriter:
             raise DatasetError(f"{shard_dir / SHARD_MANIFEST}: range does not match the directory name")
         self._claim(start, stop, shard_dir)
         self._check_layout(manifest["layout"], shard_dir)
+        for filename, record in manifest["files"].items():
+            try:
+                check_file(shard_dir / filename, record["bytes"], record["blake2b"])
+            except IntegrityError as e:
+                raise DatasetError(f"{e}; delete {shard_dir} and rerun to recollect it") from None
         self._shards[start] = manifest
 
     # ---- bookkeeping ---------------------------------------------------------------
@@ -560,6 +610,7 @@ class DatasetWriter:
         }
         _atomic_write_json(tmp / SHARD_MANIFEST, manifest)
         fsync_dir(tmp)
+        fault_point("shard_write")
         os.rename(tmp, final)  # the shard becomes visible complete, or not at all
         fsync_dir(self.path)
         self._shards[start] = manifest
@@ -592,8 +643,9 @@ class DatasetWriter:
             "num_steps": self._layout["num_steps"],
             "leaves": self._layout["leaves"],
             "shards": shards,
-            **provenance(),
         }
+        meta["content_blake2b"] = content_digest(meta)
+        meta.update(provenance())
         _atomic_write_json(self.path / META_FILE, meta)
         return load_dataset(self.path)
 
@@ -617,11 +669,15 @@ class DatasetWriter:
 # ---------------------------------------------------------------------------------------
 # Reader
 # ---------------------------------------------------------------------------------------
-def load_dataset(path: str | os.PathLike, verify: bool = False) -> "Dataset":
-    """Open and validate a dataset (headers and sizes; checksums too with ``verify``)."""
+def load_dataset(path: str | os.PathLike, verify: bool = False,
+                 check_values: bool = False) -> "Dataset":
+    """Open and validate a dataset (metadata, headers and sizes; checksums too with
+    ``verify``, value ranges with ``check_values``: see the module docstring)."""
     dataset = Dataset(path)
     if verify:
         dataset.verify()
+    if check_values:
+        dataset.check_values()
     return dataset
 
 
@@ -648,6 +704,19 @@ class Dataset:
                 f"(this code reads version {SCHEMA_VERSION})"
             )
         self.metadata: dict = meta
+        if "content_blake2b" in meta:
+            if meta["content_blake2b"] != content_digest(meta):
+                raise DatasetError(
+                    f"{meta_path}: content checksum mismatch: the spec, leaves or shard table "
+                    f"were edited or are corrupt (content_blake2b does not match)")
+        else:
+            warn_legacy(meta_path, "dataset metadata (spec and shard table)")
+        spec_path = self.path / SPEC_FILE
+        if spec_path.exists() and _read_json(spec_path) != meta.get("spec"):
+            diff = _first_difference(_read_json(spec_path), meta.get("spec"))
+            raise DatasetError(f"{meta_path}: spec.{diff} differs from {spec_path} "
+                               f"({_lookup(meta.get('spec'), diff)!r} vs "
+                               f"{_lookup(_read_json(spec_path), diff)!r}): edited metadata")
         try:
             self.spec = DatasetSpec.from_json(meta["spec"])
             self.num_histories: int = int(meta["num_histories"])
@@ -666,14 +735,29 @@ class Dataset:
     def _file_path(self, shard: dict, filename: str) -> Path:
         return self.path / shard["dir"] / filename
 
+    @property
+    def content_id(self) -> str:
+        """The dataset's identity by content (spec, layout, every file's checksum)."""
+        return content_digest(self.metadata)
+
     def _validate(self) -> None:
         meta_path = self.path / META_FILE
+        for name, kind in _REQUIRED_LEAVES.items():
+            if self._leaves.get(name, {}).get("kind") != kind:
+                raise DatasetError(f"{meta_path}: leaf {name!r} is missing or not of kind "
+                                   f"{kind!r}; every dataset stores it")
+        if not self.names("obs") or not self.names("params"):
+            raise DatasetError(f"{meta_path}: no obs or no params leaves")
         cursor = 0
         expected_files = {f"{name}.npy" for name in self._leaves}
         for shard in self._shards:
             if shard["start"] != cursor or shard["stop"] <= shard["start"]:
                 raise DatasetError(f"{meta_path}: shard {shard['dir']} covers [{shard['start']}, {shard['stop']}), expected to start at {cursor}")
             cursor = shard["stop"]
+            if shard["dir"] != _shard_dir_name(shard["start"], shard["stop"]):
+                raise DatasetError(f"{meta_path}: shard entry [{shard['start']}, {shard['stop']}) "
+                                   f"names directory {shard['dir']!r}, expected "
+                                   f"{_shard_dir_name(shard['start'], shard['stop'])!r}")
             if set(shard["files"]) != expected_files:
                 raise DatasetError(
                     f"{meta_path}: shard {shard['dir']} lists files {sorted(shard['files'])}, "
@@ -695,25 +779,81 @@ class Dataset:
                     raise DatasetError(f"{file_path}: dtype {dtype}, expected {want_dtype}")
                 size = file_path.stat().st_size
                 want_size = offset + math.prod(shape) * dtype.itemsize
-                if size != want_size or size != record["bytes"]:
+                if size != want_size:
                     raise DatasetError(
-                        f"{file_path}: {size} bytes on disk, expected {want_size} "
+                        f"{file_path}: {size} bytes on disk, its header implies {want_size} "
                         f"({'truncated' if size < want_size else 'trailing data'})"
                     )
+                if size != record["bytes"]:
+                    raise DatasetError(f"{file_path}: {size} bytes on disk, {meta_path} "
+                                       f"records {record['bytes']}")
         if cursor != self.num_histories:
             raise DatasetError(f"{meta_path}: shards cover {cursor} histories, expected {self.num_histories}")
 
     def verify(self) -> None:
-        """Recompute every file's blake2b checksum; raise ``DatasetError`` on a mismatch."""
+        """Recompute every file's blake2b checksum; raise ``DatasetError`` on a mismatch.
+
+        Digests are cached per process (``ad.integrity.file_digest``): a pipeline that
+        opens the same unchanged dataset several times hashes it once.
+        """
         for shard in self._shards:
             for filename, record in shard["files"].items():
-                file_path = self._file_path(shard, filename)
-                digest = _blake2b(file_path)
-                if digest != record["blake2b"]:
-                    raise DatasetError(
-                        f"{file_path}: checksum mismatch (blake2b {digest[:16]}…, "
-                        f"meta.json records {record['blake2b'][:16]}…): the file is corrupt"
-                    )
+                try:
+                    check_file(self._file_path(shard, filename), record["bytes"],
+                               record["blake2b"], "dataset file")
+                except DatasetError:
+                    raise
+                except IntegrityError as e:
+                    raise DatasetError(str(e)) from None
+
+    def check_values(self) -> None:
+        """Check the values training relies on, shard by shard; ``DatasetError`` names the
+        file, the first bad history and step, the value and the valid range.
+
+        actions (and intended actions) in ``[0, env.num_actions)``, discrete observation
+        leaves in ``[0, num_values)``, rewards finite, ``num_episodes`` in ``[0, T]``,
+        completed episode returns finite. Reads each file once (memory-mapped).
+        """
+        env = self.env
+        num_actions = int(env.num_actions)
+        from envs.core import ArraySpec  # local: reading arrays never needs the env package
+
+        spec_leaves = jax.tree_util.tree_leaves(env.observation_spec(),
+                                                is_leaf=lambda x: isinstance(x, ArraySpec))
+        obs_names = self.names("obs")
+        obs_range = {}
+        if len(spec_leaves) == len(obs_names):
+            for name, leaf in zip(obs_names, spec_leaves):
+                if getattr(leaf, "num_values", None) is not None:
+                    obs_range[name] = (0, int(leaf.num_values))
+        ranges = {"action": (0, num_actions), "intended_action": (0, num_actions),
+                  "num_episodes": (0, self.num_steps + 1), **obs_range}
+        for s, shard in enumerate(self._shards):
+            arrays = self._shard_arrays(s)
+            for name, (lo, hi) in ranges.items():
+                if name in arrays:
+                    a = arrays[name]
+                    bad = (a < lo) | (a >= hi)
+                    if bad.any():
+                        self._value_error(shard, name, bad, a, f"in [{lo}, {hi})")
+            for name in ("reward",):
+                bad = ~np.isfinite(arrays[name])
+                if bad.any():
+                    self._value_error(shard, name, bad, arrays[name], "finite")
+            returns, counts = arrays["episode_returns"], arrays["num_episodes"]
+            completed = np.arange(returns.shape[1])[None] < counts[:, None]
+            bad = completed & ~np.isfinite(returns)
+            if bad.any():
+                self._value_error(shard, "episode_returns", bad, returns, "finite")
+
+    def _value_error(self, shard: dict, name: str, bad: np.ndarray, values: np.ndarray,
+                     valid: str) -> None:
+        where = np.unravel_index(int(np.flatnonzero(bad)[0]), bad.shape)
+        history = shard["start"] + int(where[0])
+        at = f"history {history}" + (f", step {int(where[1])}" if len(where) > 1 else "")
+        raise DatasetError(f"{self._file_path(shard, name + '.npy')}: {int(bad.sum())} "
+                           f"value(s) out of range, first at {at}: {values[where]!r} (valid: "
+                           f"{valid}); the dataset is corrupt")
 
     # ---- memory maps -----------------------------------------------------------------
     @property

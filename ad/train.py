@@ -22,7 +22,17 @@ The algorithm, top to bottom (``distill``):
    uninterrupted run would. Metrics go to ``metrics.jsonl`` (and TensorBoard when
    ``tensorboardX`` is installed); a progress bar shows loss and env-steps/s.
 5. The final model is saved as ``model/config.json`` + ``model/params.msgpack``
-   (``ad.checkpoints``).
+   (``ad.checkpoints``, sealed by checksums).
+
+Integrity (docs/integrity.md): the dataset is verified (checksums, once per process) and
+value-checked (actions, observations, rewards) before the first step; the jitted step
+also records the first step whose loss or gradient norm is not finite, read at logging
+and checkpoint time (no per-step host round-trip), and training stops there with
+``NonFiniteLossError`` naming the step; no non-finite checkpoint or model is written.
+A run is identified by its config (without ``out``, ``dataset`` and ``progress``) and its
+dataset's *content* (``Dataset.content_id``, kept in ``dataset.json``), so a moved or
+differently spelled runs folder or dataset path resumes. One process trains a run
+directory at a time (``.lock``; a second one waits); readers never lock.
 
 Expert Distillation (ED), the paper's baseline, is the same loop with
 ``last_steps`` set: windows come only from the final (expert) part of each history.
@@ -31,28 +41,37 @@ Expert Distillation (ED), the paper's baseline, is the same loop with
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
+import os
+import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
-from ad.checkpoints import (MODEL_DIR, latest_checkpoint, restore_checkpoint,
-                            save_checkpoint, save_model)
+from ad.checkpoints import (MODEL_DIR, restore_latest_checkpoint, save_checkpoint,
+                            save_model)
 from ad.config import ArchConfig, ModelConfig
-from ad.dataset import load_dataset
+from ad.dataset import Dataset, load_dataset
+from ad.integrity import remove_stale_temp_files, warn_legacy
 from ad.model import ADTransformer, init_params
 from ad.train_step import init_train_state, make_optimizer, make_train_step
-from ad.utils import atomic_write_text, provenance
+from ad.utils import atomic_write_text, check_output_path, coerce_field, field_types, provenance
 from ad.windows import TARGETS, Prefetcher, WindowSampler
 
 PyTree = Any
 CONFIG_FILE = "distill_config.json"
+DATASET_FILE = "dataset.json"  # the content id of the dataset a run trains on
+LOCK_FILE = ".lock"
+# fields that say where things are, not what is computed: left out of the resume check
+_LOCATION_FIELDS = {"out", "dataset", "progress"}
 # DistillConfig fields removed in the house clean-up (they did not help; see
 # docs/key_to_door.md): saved runs holding them at these defaults still load.
 _REMOVED_FIELDS = {"first_success_focus": 0.0, "task_loss_weight": 0.0}
@@ -86,6 +105,11 @@ class DistillConfig:
     progress: bool = True  # show a progress bar
 
     def __post_init__(self):
+        types = field_types(DistillConfig)
+        for f in dataclasses.fields(self):
+            if f.name != "model":  # typed values (CLI strings parsed) or an error naming the field
+                object.__setattr__(self, f.name, coerce_field(
+                    types[f.name], getattr(self, f.name), f"DistillConfig.{f.name}"))
         if isinstance(self.model, dict):
             object.__setattr__(self, "model", ArchConfig.from_dict(
                 self.model, where="DistillConfig.model"))
@@ -96,8 +120,14 @@ class DistillConfig:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"DistillConfig.{name} must be >= 1, got {getattr(self, name)}")
         self.model.training_window(self.window)  # checks window >= context
-        if self.last_steps < 0:
-            raise ValueError(f"DistillConfig.last_steps must be >= 0, got {self.last_steps}")
+        for name in ("seed", "last_steps", "window", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"DistillConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"DistillConfig.lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"DistillConfig.label_smoothing must lie in [0, 1), got "
+                             f"{self.label_smoothing}")
         if self.targets not in TARGETS:
             raise ValueError(f"DistillConfig.targets must be one of {TARGETS}, got "
                              f"{self.targets!r}")
@@ -138,8 +168,19 @@ class DistillConfig:
 # ----------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------
-def _check_resume(run_dir: Path, config: DistillConfig, overwrite: bool) -> None:
-    cfg_path = run_dir / CONFIG_FILE
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a non-finite loss or gradient; nothing past it was written."""
+
+
+def _comparable(config_dict: dict) -> dict:
+    return {k: v for k, v in config_dict.items() if k not in _LOCATION_FIELDS}
+
+
+def _check_resume(run_dir: Path, config: DistillConfig, dataset: Dataset,
+                  overwrite: bool) -> None:
+    """Refuse to continue a run with another config or another dataset (by content);
+    where the run directory or the dataset live does not matter."""
+    cfg_path, data_path = run_dir / CONFIG_FILE, run_dir / DATASET_FILE
     wanted = dataclasses.asdict(config)
     if cfg_path.exists():
         if overwrite:
@@ -149,18 +190,77 @@ def _check_resume(run_dir: Path, config: DistillConfig, overwrite: bool) -> None
         else:
             # read through from_dict: runs saved flat, or before a field was added or
             # removed, compare as their current equivalent
-            saved = dataclasses.asdict(DistillConfig.from_dict(
-                json.loads(cfg_path.read_text()), where=str(cfg_path)))
-            ignore = {"progress"}
-            diff = sorted(k for k in set(saved) | set(wanted)
-                          if k not in ignore and saved.get(k) != wanted.get(k))
+            try:
+                saved = dataclasses.asdict(DistillConfig.from_dict(
+                    json.loads(cfg_path.read_text()), where=str(cfg_path)))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{cfg_path}: not valid JSON ({e}); delete the run directory "
+                                 f"to start over") from None
+            old, new = _comparable(saved), _comparable(wanted)
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             if diff:
                 raise ValueError(
-                    f"{run_dir}: holds a run with a different config (fields {diff}); use a new "
-                    f"--out or --overwrite")
+                    f"{run_dir}: holds a run with a different config (fields {diff}: "
+                    f"{[old.get(k) for k in diff]} on disk, {[new.get(k) for k in diff]} "
+                    f"requested); choose another run directory (--runs / out) or delete it")
+            _check_dataset_identity(run_dir, dataset, saved["dataset"])
     run_dir.mkdir(parents=True, exist_ok=True)
     if not cfg_path.exists():
         atomic_write_text(cfg_path, json.dumps(wanted, indent=2))
+    if not data_path.exists():
+        atomic_write_text(data_path, json.dumps(
+            {"content_id": dataset.content_id, "path": str(dataset.path)}, indent=2))
+
+
+def _check_dataset_identity(run_dir: Path, dataset: Dataset, saved_path: str) -> None:
+    data_path = run_dir / DATASET_FILE
+    if data_path.exists():
+        try:
+            recorded = json.loads(data_path.read_text())["content_id"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{data_path}: malformed ({type(e).__name__}: {e})") from None
+        if recorded != dataset.content_id:
+            raise ValueError(
+                f"{run_dir}: was trained on another dataset (content id {recorded[:16]}… in "
+                f"{data_path}, {dataset.path} has {dataset.content_id[:16]}…); choose another "
+                f"run directory (--runs / out) or delete it")
+    else:  # a run from before content ids: the path is all there is to compare
+        if os.path.realpath(saved_path) != os.path.realpath(dataset.path):
+            warn_legacy(run_dir, f"the dataset identity of this run (recorded path "
+                                 f"{saved_path}, now {dataset.path})")
+
+
+class _RunLock:
+    """An exclusive lock on a run directory while it trains; a second process waits."""
+
+    def __init__(self, run_dir: Path):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{run_dir}: another process is training this run; waiting for it to end",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def release(self):
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+_values_checked: set[str] = set()
+
+
+def open_training_dataset(path: str | os.PathLike) -> Dataset:
+    """The dataset a run trains on: verified (checksums) and value-checked, once per
+    process and content (``ad.integrity`` caches the digests)."""
+    dataset = load_dataset(path, verify=True)
+    if dataset.content_id not in _values_checked:
+        dataset.check_values()
+        _values_checked.add(dataset.content_id)
+    return dataset
 
 
 def _tensorboard(run_dir: Path):
@@ -177,6 +277,9 @@ class DataParallelStep:
     step: Callable  # (TrainState, Batch) -> (TrainState, metrics); donates the state
     replicated: NamedSharding
     data_sharded: NamedSharding
+    # (TrainState, Batch, first_bad) -> (TrainState, metrics, first_bad): first_bad is the
+    # first step number whose loss or gradient norm was not finite (-1: none yet)
+    guarded_step: Callable | None = None
 
 
 def data_parallel_train_step(model: ADTransformer, optimizer, label_smoothing: float = 0.0,
@@ -191,19 +294,43 @@ def data_parallel_train_step(model: ADTransformer, optimizer, label_smoothing: f
     """
     mesh = Mesh(np.array(devices if devices is not None else jax.devices()), ("data",))
     replicated, data_sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    step = jax.jit(make_train_step(model, optimizer, label_smoothing),
-                   in_shardings=(replicated, data_sharded),
+    inner = make_train_step(model, optimizer, label_smoothing)
+    step = jax.jit(inner, in_shardings=(replicated, data_sharded),
                    out_shardings=(replicated, replicated), donate_argnums=0)
-    return DataParallelStep(step, replicated, data_sharded)
+
+    def guarded(state, batch, first_bad):
+        new_state, metrics = inner(state, batch)
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+        first_bad = jnp.where((first_bad < 0) & ~finite, state.step + 1, first_bad)
+        return new_state, metrics, first_bad
+
+    guarded_step = jax.jit(guarded, in_shardings=(replicated, data_sharded, replicated),
+                           out_shardings=(replicated, replicated, replicated),
+                           donate_argnums=(0, 2))
+    return DataParallelStep(step, replicated, data_sharded, guarded_step)
 
 
 def distill(config: DistillConfig, overwrite: bool = False) -> Path:
     """Train (or resume) a distillation run; returns the run directory."""
     run_dir = Path(config.out)
-    dataset = load_dataset(config.dataset)
+    check_output_path(run_dir, "DistillConfig.out")
+    lock = _RunLock(run_dir)
+    try:
+        return _distill_locked(config, run_dir, overwrite)
+    finally:
+        lock.release()
+
+
+def _distill_locked(config: DistillConfig, run_dir: Path, overwrite: bool) -> Path:
+    dataset = load_dataset(config.dataset)  # metadata checks only: the run may be finished
     env = dataset.env
     model_config = ModelConfig.for_env(env, config.model)
-    _check_resume(run_dir, config, overwrite)
+    _check_resume(run_dir, config, dataset, overwrite)
+    if (run_dir / MODEL_DIR / "config.json").exists():
+        return run_dir  # finished earlier (config.json is the model's last file); load_model verifies it
+    for d in (run_dir, run_dir / MODEL_DIR):
+        remove_stale_temp_files(d)  # left by a killed writer (checkpoints: ad.checkpoints)
+    dataset = open_training_dataset(config.dataset)
 
     devices = jax.devices()
     if config.batch_size % len(devices):
@@ -217,15 +344,14 @@ def distill(config: DistillConfig, overwrite: bool = False) -> Path:
     init_key, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
     state = init_train_state(init_params(model_config, init_key, config.window_steps),
                              optimizer, dropout_key)
-    resumed = latest_checkpoint(run_dir)
+    resumed = restore_latest_checkpoint(run_dir, state)
     if resumed is not None:
-        state = restore_checkpoint(resumed[1], state)
+        state = resumed
     state = jax.device_put(state, replicated)
     start_step = int(state.step)
-    if start_step >= config.num_steps and (run_dir / MODEL_DIR / "config.json").exists():
-        return run_dir  # finished earlier: nothing to redo
 
-    train_step = parallel.step
+    train_step = parallel.guarded_step
+    first_bad = jax.device_put(jnp.int32(-1), replicated)
     sampler = WindowSampler(dataset, model_config, config.window_steps, config.batch_size,
                             config.seed, config.last_steps, config.targets)
 
@@ -238,12 +364,21 @@ def distill(config: DistillConfig, overwrite: bool = False) -> Path:
     prefetch = Prefetcher(sampler, start_step, config.num_steps, data_sharded)
     t0, last_t, last_step = time.time(), time.time(), start_step
     metrics = None
+
+    def check_finite():  # one scalar read, only where the host reads anyway
+        bad = int(jax.device_get(first_bad))
+        if bad >= 0:
+            raise NonFiniteLossError(
+                f"{run_dir}: the loss or gradient became non-finite at step {bad} (the "
+                f"dataset {dataset.path} passed its value checks; lower lr or check the "
+                f"config); stopped, no checkpoint or model was written past it")
     try:
         with open(metrics_path, "a") as log:
             for step in range(start_step, config.num_steps):
-                state, metrics = train_step(state, prefetch.next())
+                state, metrics, first_bad = train_step(state, prefetch.next(), first_bad)
                 done = step + 1
                 if done % config.log_every == 0 or done == config.num_steps:
+                    check_finite()
                     m = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     now = time.time()
                     rate = (done - last_step) * steps_per_batch / max(now - last_t, 1e-9)
@@ -258,6 +393,7 @@ def distill(config: DistillConfig, overwrite: bool = False) -> Path:
                     bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.2f}",
                                     steps_s=f"{rate:,.0f}")
                 if done % config.checkpoint_every == 0 or done == config.num_steps:
+                    check_finite()
                     save_checkpoint(run_dir, state)
                 bar.update(1)
     finally:
@@ -265,13 +401,15 @@ def distill(config: DistillConfig, overwrite: bool = False) -> Path:
         bar.close()
         if tb is not None:
             tb.close()
+    check_finite()
     save_model(run_dir, model_config, state.params, env=dataset.spec.env,
                env_overrides=dataset.spec.env_overrides, dataset=str(dataset.path),
-               source=dataset.spec.source)
+               source=dataset.spec.source, dataset_id=dataset.content_id)
     atomic_write_text(run_dir / "provenance.json", json.dumps(
         {"config": dataclasses.asdict(config), "model_config": dataclasses.asdict(model_config),
          "devices": [str(d) for d in devices], "wall_s": time.time() - t0,
-         "resumed_from": start_step, **provenance()}, indent=2))
+         "resumed_from": start_step, "dataset_id": dataset.content_id, **provenance()},
+        indent=2))
     return run_dir
 
 
@@ -286,6 +424,9 @@ def _truncate_metrics(path: Path, step: int) -> None:
             return json.loads(line)["step"]
         except (json.JSONDecodeError, KeyError, TypeError):
             return None  # partial or foreign line: dropped, the steps it held are redone
-    keep = [line for line in path.read_text().splitlines()
-            if (s := step_of(line)) is not None and s <= step]
+    lines = path.read_text(errors="replace").splitlines()
+    keep = [line for line in lines if (s := step_of(line)) is not None and s <= step]
+    if any(step_of(line) is None for line in lines):
+        print(f"{path}: dropped a partial or unreadable line (an interrupted write); the "
+              f"steps after {step} are recomputed", file=sys.stderr)
     atomic_write_text(path, "".join(line + "\n" for line in keep))

@@ -11,8 +11,12 @@ Reproducibility: history ``i`` is determined by ``(seed, i)`` alone: its key is
 ``fold_in(key(seed), i)`` (split into a task key and a training key), and on a finite
 task set its task is ``env.tasks(split)[i % n_tasks]`` (every task gets about
 ``histories / n_tasks`` histories with different seeds); on a continuous task
-distribution its task is ``env.sample_params(task_key, split)``. So the data do not
-depend on the shard size, the device count, or on where a run was interrupted.
+distribution its task is ``env.sample_params(task_key, split)``. The source runs
+``vmap``-ed over a fixed chunk of ``chunk_size`` histories ``[k·C, (k+1)·C)`` per device
+and call, whatever the shard size, the device count or the resume pattern: XLA's
+floating point depends on the batch width (a vmapped PPO over 8 or 32 histories drifts
+apart after a few thousand steps), so a fixed width is what makes history ``i``
+bitwise reproducible. ``chunk_size`` is part of the dataset spec (``spec.extra``).
 
 Episode subsampling (``--subsample-every k``, the AD paper's trick to make progress per
 context window larger): only episodes ``0, k, 2k, ...`` of each history are stored; the
@@ -47,10 +51,13 @@ from tqdm.auto import tqdm
 
 import envs
 import source_agents
-from ad.dataset import Dataset, DatasetError, DatasetSpec, DatasetWriter, returns_table
+from ad.dataset import (META_FILE, Dataset, DatasetError, DatasetSpec, DatasetWriter,
+                        open_finished, returns_table)
+from ad.utils import check_output_path, coerce_overrides, parse_override
 from source_agents.history import LearningHistory
 
 HISTORY_AXIS = "histories"
+DEFAULT_CHUNK = 64  # histories per device and jit call (CollectConfig.chunk_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,14 +72,16 @@ class CollectConfig:
     num_histories: int = 2000  # histories to collect (one agent on one task each)
     split: str = "train"  # task split to collect on: "train" or "test"
     seed: int = 0  # base seed; history i depends only on (seed, i)
-    shard_size: int = 256  # histories per jit call and per shard on disk (rounded up to the device count)
+    shard_size: int = 256  # histories per shard on disk (does not change the data)
+    chunk_size: int = DEFAULT_CHUNK  # histories the source runs at once per device (vmap
+    #   width); part of the dataset spec: history i is computed in chunk i // chunk_size
     subsample_every: int = 1  # keep only episodes 0, k, 2k, ... (1 keeps all)
     subsample_steps: int = 0  # with subsampling, crop each history to its first S kept steps (0: keep all; needed for variable-length episodes)
     overwrite: bool = False  # delete an existing dataset at `out` instead of resuming it
     verbose: bool = True  # progress bar and closing summary on stdout
 
     def __post_init__(self):
-        for field in ("num_histories", "shard_size", "subsample_every"):
+        for field in ("num_histories", "shard_size", "subsample_every", "chunk_size"):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"CollectConfig.{field} must be an int >= 1, got {value!r}")
@@ -80,8 +89,8 @@ class CollectConfig:
             raise ValueError(f"CollectConfig.subsample_steps must be an int >= 0, got {self.subsample_steps!r}")
         if self.split not in ("train", "test"):
             raise ValueError(f"CollectConfig.split must be 'train' or 'test', got {self.split!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"CollectConfig.seed must be an int, got {self.seed!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"CollectConfig.seed must be an int >= 0, got {self.seed!r}")
 
 
 class SourcePerformance(NamedTuple):
@@ -103,46 +112,6 @@ def resolve_source(name: str):
     string as given).
     """
     return source_agents.get(name)
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``"key=value"`` -> ``(key, value)`` with value parsed as bool, int, float or str."""
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ValueError(f"override {text!r} must look like key=value")
-    raw = raw.strip()
-    if raw.lower() in ("true", "false"):
-        return key, raw.lower() == "true"
-    for parse in (int, float):
-        try:
-            return key, parse(raw)
-        except ValueError:
-            pass
-    return key, raw
-
-
-def coerce_overrides(cls: type, overrides: Mapping[str, Any], what: str) -> dict[str, Any]:
-    """Check override names against a dataclass and match the defaults' types.
-
-    ``lr=1`` becomes ``1.0`` for a float field, so the same run spelled two ways gets
-    the same dataset spec (and resumes rather than clashing).
-    """
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(overrides) - set(fields))
-    if unknown:
-        raise ValueError(f"{what}: unknown field(s) {unknown}; valid fields: {sorted(fields)}")
-    out = {}
-    for key, value in overrides.items():
-        default = fields[key].default
-        if isinstance(default, bool) and not isinstance(value, bool):
-            raise ValueError(f"{what}.{key} must be true or false, got {value!r}")
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float):
-            raise ValueError(f"{what}.{key} must be an int, got {value!r}")
-        out[key] = value
-    return out
 
 
 def make_history_inputs(env, split: str, seed: int):
@@ -239,10 +208,14 @@ def _setup(config: CollectConfig):
     return env, env_overrides, source, source_config
 
 
-def collect(config: CollectConfig) -> Path:
-    """Collect (or resume, or just finalize) the dataset described by ``config``."""
+def dataset_spec(config: CollectConfig) -> DatasetSpec:
+    """The spec ``config`` asks for; every bad field raises ``ConfigError`` (no work done)."""
+    return _prepare(config)[0]
+
+
+def _prepare(config: CollectConfig):
     env, env_overrides, source, source_config = _setup(config)
-    extra = {"subsample_every": config.subsample_every}
+    extra = {"subsample_every": config.subsample_every, "chunk_size": config.chunk_size}
     if config.subsample_steps:
         extra["subsample_steps"] = config.subsample_steps
     note = _history_note(env, source, config.split)
@@ -259,29 +232,39 @@ def collect(config: CollectConfig) -> Path:
         seed=config.seed,
         extra=extra,
     )
+    return spec, env, source, source_config
+
+
+def collect(config: CollectConfig) -> Path:
+    """Collect (or resume, or just finalize) the dataset described by ``config``.
+
+    A finished dataset is opened read-only (no lock, so any number of processes can use
+    it at once), checked against the spec and verified (checksums and values).
+    """
+    spec, env, source, source_config = _prepare(config)
     out = Path(config.out)
+    check_output_path(out, "--out")
     t_start = time.perf_counter()
+    if (out / META_FILE).exists() and not config.overwrite:
+        dataset = open_finished(out, spec)
+        if config.verbose:
+            print(f"{out}: finished dataset, verified (checksums and values) in "
+                  f"{time.perf_counter() - t_start:.1f} s; nothing to collect")
+        return out
     with DatasetWriter(out, spec, overwrite=config.overwrite) as writer:
         resumed = writer.num_completed
         devices = jax.devices()
-        n_dev = len(devices)
-        shard_size = _round_up(min(config.shard_size, config.num_histories), n_dev)
-        pending = writer.pending(shard_size)
+        pending = writer.pending(min(config.shard_size, config.num_histories))
         steps_per_history = source_config.num_steps
         written, steady_steps, steady_time = 0, 0, 0.0
         if pending:
             run, inputs = _compiled(env, source_config, config, devices)
+            chunks = _ChunkedSource(run, inputs, config.chunk_size, len(devices))
             bar = tqdm(pending, unit="shard", disable=not config.verbose, desc=f"collect {out.name}")
             for shard_index, (start, stop) in enumerate(bar):
                 t_shard = time.perf_counter()
-                # every call has shard_size histories (one compilation); the tail is dropped
-                indices = jnp.arange(start, start + shard_size, dtype=jnp.int32)
-                keys, params = inputs(indices)
-                history = jax.device_get(run(keys, params))
-                params = jax.device_get(params)
+                history, params = chunks.histories(start, stop)
                 m = stop - start
-                history = jax.tree.map(lambda x: x[:m], history)
-                params = jax.tree.map(lambda x: x[:m], params)
                 returns, _ = returns_table(history.reward, history.terminated | history.truncated)
                 writer.write_shard(start, subsample_episodes(history, config.subsample_every, config.subsample_steps), params, returns)
                 written += m
@@ -297,8 +280,33 @@ def collect(config: CollectConfig) -> Path:
     return out
 
 
-def _round_up(x: int, multiple: int) -> int:
-    return -(-x // multiple) * multiple
+class _ChunkedSource:
+    """Histories ``[start, stop)`` computed in fixed chunks ``[k·C, (k+1)·C)``, one chunk per
+    device and call (module docstring: the vmap width must not depend on the shard size
+    or the device count). Chunks that overhang a shard are kept for the next one."""
+
+    def __init__(self, run, inputs, chunk_size: int, num_devices: int):
+        self.run, self.inputs, self.C, self.D = run, inputs, chunk_size, num_devices
+        self.cache: dict[int, tuple] = {}  # chunk start -> (history, params) on the host
+
+    def _chunk(self, c: int) -> tuple:
+        if c not in self.cache:
+            self.cache = {k: v for k, v in self.cache.items() if k > c}  # passed: free them
+            # D chunks in one call, contiguous blocks of C histories: device d computes
+            # chunk c + d·C with exactly the program one device runs for one chunk
+            indices = jnp.arange(c, c + self.C * self.D, dtype=jnp.int32)
+            keys, params = self.inputs(indices)
+            history, params = jax.device_get((self.run(keys, params), params))
+            for d in range(self.D):
+                rows = slice(d * self.C, (d + 1) * self.C)
+                self.cache[c + d * self.C] = jax.tree.map(lambda x: x[rows], (history, params))
+        return self.cache[c]
+
+    def histories(self, start: int, stop: int) -> tuple:
+        first = start // self.C * self.C
+        parts = [self._chunk(c) for c in range(first, stop, self.C)]
+        joined = jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+        return jax.tree.map(lambda x: x[start - first: stop - first], joined)
 
 
 def _compiled(env, source_config, config: CollectConfig, devices):
@@ -423,8 +431,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="base seed; history i depends only on (seed, i) (default: 0)")
     parser.add_argument(
         "--shard-size", type=int, default=256, metavar="B",
-        help="histories per jit call and per shard file set, rounded up to a multiple of the "
-        "device count (default: 256); does not change the data",
+        help="histories per shard file set on disk (default: 256); does not change the data",
+    )
+    parser.add_argument(
+        "--chunk-size", type=int, default=DEFAULT_CHUNK, metavar="C",
+        help=f"histories the source runs at once on each device (the vmap width; default: "
+        f"{DEFAULT_CHUNK}). History i is computed in chunk i // C, so shard size, device count "
+        "and resumes never change the data; C itself is part of the dataset's spec (raise it on "
+        "a GPU for throughput)",
     )
     parser.add_argument(
         "--subsample-every", type=int, default=1, metavar="K",
@@ -458,6 +472,7 @@ def config_from_args(args: argparse.Namespace) -> CollectConfig:
         split=args.split,
         seed=args.seed,
         shard_size=args.shard_size,
+        chunk_size=args.chunk_size,
         subsample_every=args.subsample_every,
         subsample_steps=args.subsample_steps,
         overwrite=args.overwrite,
@@ -473,8 +488,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))
     try:
+        dataset_spec(config)  # every name and override checked before any work
+        check_output_path(Path(config.out), "--out")
         collect(config)
-    except (ConfigError, DatasetError) as e:  # user errors: a message, not a traceback
+    except (ConfigError, DatasetError, ValueError) as e:  # user errors: a message, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -7,7 +7,11 @@
 Every stage caches its output and resumes when interrupted: the dataset lives in
 ``<data>/<setting>``, each model in ``<runs>/<setting>/{ad,ed}-seed<k>``, the results in
 ``<out>/<setting>/eval.json`` (curves, summary, configs, provenance) and
-``<out>/<setting>/curves.png``. Rerunning the same command reuses what is finished.
+``<out>/<setting>/curves.png``. Rerunning the same command reuses what is finished: a
+finished dataset is verified (read-only, no lock), finished models are verified when
+loaded, and an ``eval.json`` whose ``evaluation_key`` (the models' checksums, the
+setting, seeds and temperature) matches is reused instead of re-evaluating (it says
+so). Every flag, override, path and seed is checked before the first stage starts.
 
 Evaluation (``ad.evaluate``): on held-out tasks and, beside them, training tasks, AD acts
 in context for ``eval_episodes`` episodes with sampled actions; on the same tasks the
@@ -32,10 +36,13 @@ import envs
 import source_agents
 from ad import evaluate as ev
 from ad.plots import plot_curves
-from ad.checkpoints import load_model
-from ad.train import DistillConfig, distill
-from ad.utils import atomic_write_text, provenance, reexec_with_hugepage_malloc
-from experiments.collect import CollectConfig, collect
+from ad.checkpoints import load_model, model_files_digest
+from ad.config import ArchConfig, ModelConfig
+from ad.integrity import IntegrityError, json_digest
+from ad.train import DistillConfig, NonFiniteLossError, distill
+from ad.utils import (atomic_write_text, check_output_path, coerce_field, field_types,
+                      parse_override, provenance, reexec_with_hugepage_malloc)
+from experiments.collect import CollectConfig, ConfigError, collect, dataset_spec
 from experiments.settings import SETTINGS, Setting, get_setting
 
 
@@ -203,45 +210,85 @@ def print_summary(setting: Setting, summary: dict) -> None:
                       f"z = {imp['z']:.1f}")
 
 
+# DistillConfig fields experiments.run sets itself (from --data, --runs and --seeds)
+_RESERVED = {"dataset": "--data", "out": "--runs", "seed": "--seeds", "model": "the flat fields"}
+
+
+def _distill_configs(setting: Setting, seeds, with_ed: bool, data_dir: Path, runs_root,
+                     distill_kw: dict, quiet: bool, num_devices: int) -> list[tuple[str, DistillConfig]]:
+    """Every run's config, built (and so checked) before any work: ``[(label, config)]``."""
+    env = envs.make(setting.env, **setting.env_overrides)
+    configs = []
+    for seed in seeds:
+        config = DistillConfig.from_dict({
+            **distill_kw, "dataset": str(data_dir), "seed": seed, "progress": not quiet,
+            "out": str(Path(runs_root) / setting.name / f"ad-seed{seed}")},
+            where=f"{setting.name} distill settings")
+        configs.append(("ad", config))
+        if with_ed:
+            # ED: windows from the last training window's worth of steps of each history
+            configs.append(("ed", dataclasses.replace(
+                config, out=str(Path(runs_root) / setting.name / f"ed-seed{seed}"),
+                last_steps=setting.ed_last_steps or config.window_steps)))
+    for _, config in configs:
+        ModelConfig.for_env(env, config.model)  # the architecture fits the env's spaces
+        if config.batch_size % num_devices:
+            raise ValueError(f"{setting.name} distill settings: batch_size={config.batch_size} "
+                             f"must be divisible by the number of devices ({num_devices})")
+        check_output_path(Path(config.out), "--runs")
+    return configs
+
+
 def run(setting: Setting, seeds=(0,), with_ed: bool = False, data_root="data", runs_root="runs",
         out_root="results", distill_overrides: dict | None = None, quiet: bool = False,
         temperature: float = 1.0) -> dict:
-    ev.check_temperature(temperature)  # before any collect/distill work
+    # ---- one validation pass: nothing below starts before every value is checked ----
+    ev.check_temperature(temperature)
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seeds must be ints >= 0, got {seed!r}")
     distill_kw = {**setting.distill, **(distill_overrides or {})}
-    DistillConfig.from_dict({**distill_kw, "dataset": "", "out": ""},  # names a bad field now,
-                            where=f"{setting.name} distill settings")  # not after collection
+    data_dir = Path(data_root) / setting.name
+    out_dir = Path(out_root) / setting.name
+    collect_config = CollectConfig(
+        out=data_dir, env=setting.env, env_overrides=setting.env_overrides,
+        source=setting.source, source_overrides=setting.source_overrides,
+        num_histories=setting.histories, split="train", seed=0,
+        subsample_every=setting.subsample_every, subsample_steps=setting.subsample_steps,
+        verbose=not quiet)
+    dataset_spec(collect_config)  # env, source and their overrides
+    configs = _distill_configs(setting, seeds, with_ed, data_dir, runs_root, distill_kw, quiet,
+                               jax.device_count())
+    check_output_path(data_dir, "--data")
+    check_output_path(out_dir, "--out")
+
     t0 = time.time()
     timings = {}
-    data_dir = Path(data_root) / setting.name
-    collect(CollectConfig(out=data_dir, env=setting.env, env_overrides=setting.env_overrides,
-                          source=setting.source, source_overrides=setting.source_overrides,
-                          num_histories=setting.histories, split="train", seed=0,
-                          subsample_every=setting.subsample_every,
-                          subsample_steps=setting.subsample_steps, verbose=not quiet))
+    collect(collect_config)
     timings["collect_s"] = time.time() - t0
     ad_models, ed_models = [], []
-    for seed in seeds:
+    for label, config in configs:
         t = time.time()
-        config = DistillConfig.from_dict({
-            **distill_kw, "dataset": str(data_dir), "seed": seed, "progress": not quiet,
-            "out": str(Path(runs_root) / setting.name / f"ad-seed{seed}")})
         run_dir = distill(config)
-        timings[f"distill_ad_seed{seed}_s"] = time.time() - t
-        ad_models.append(load_model(run_dir))
-        if with_ed:
-            t = time.time()
-            # ED: windows from the last training window's worth of steps of each history
-            ed = dataclasses.replace(config, out=str(Path(runs_root) / setting.name / f"ed-seed{seed}"),
-                                     last_steps=setting.ed_last_steps or config.window_steps)
-            run_dir = distill(ed)
-            timings[f"distill_ed_seed{seed}_s"] = time.time() - t
-            ed_models.append(load_model(run_dir))
+        timings[f"distill_{label}_seed{config.seed}_s"] = time.time() - t
+        (ad_models if label == "ad" else ed_models).append(load_model(run_dir))
+    key = json_digest({"models": [model_files_digest(m.run_dir) for m in ad_models + ed_models],
+                       "setting": dataclasses.asdict(setting), "seeds": list(seeds),
+                       "with_ed": with_ed, "temperature": temperature})
+    cached = _cached_evaluation(out_dir / "eval.json", key)
+    if cached is not None:
+        if not quiet:
+            print(f"evaluate: reusing {out_dir / 'eval.json'} (same models, setting, seeds and "
+                  f"temperature; delete it to recompute)")
+            print_summary(setting, cached["summary"])
+        return cached
     t = time.time()
+    if not quiet:
+        print(f"evaluate: computing (no finished evaluation of these models in {out_dir})")
     results = evaluate_setting(setting, ad_models, ed_models, quiet=quiet, temperature=temperature)
     timings["evaluate_s"] = time.time() - t
     timings["total_s"] = time.time() - t0
     summary = summarise(setting, results)
-    out_dir = Path(out_root) / setting.name
     plot_curves(_panels(results), out_dir / "curves.png",
                 title=f"{setting.name}: AD in context vs its source ({setting.source}), "
                       f"{len(seeds)} seed(s)",
@@ -253,7 +300,7 @@ def run(setting: Setting, seeds=(0,), with_ed: bool = False, data_root="data", r
                     xlabel="pull")
     record = {"setting": dataclasses.asdict(setting), "seeds": list(seeds), "with_ed": with_ed,
               "distill": distill_kw, "temperature": temperature, "summary": summary, "timings": timings,
-              "results": _jsonable(results), **provenance()}
+              "results": _jsonable(results), "evaluation_key": key, **provenance()}
     atomic_write_text(out_dir / "eval.json", json.dumps(record, indent=1))
     if not quiet:
         print_summary(setting, summary)
@@ -262,23 +309,47 @@ def run(setting: Setting, seeds=(0,), with_ed: bool = False, data_root="data", r
     return record
 
 
-def _parse_kv(items):
+def _cached_evaluation(path: Path, key: str) -> dict | None:
+    """A finished evaluation of exactly these models and settings, or None (a partial or
+    unreadable file is recomputed: it is written atomically, so only an edit makes one)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return record if isinstance(record, dict) and record.get("evaluation_key") == key else None
+
+
+def _parse_kv(items) -> dict:
+    """``--distill-override KEY=VALUE`` items, each typed by its DistillConfig or ArchConfig
+    field (lists as ``a,b``); ``SystemExit`` with a message naming the field otherwise."""
+    types = {**field_types(ArchConfig), **field_types(DistillConfig)}
     out = {}
     for item in items or []:
-        key, _, value = item.partition("=")
-        if not _:
-            raise SystemExit(f"--distill-override expects KEY=VALUE, got {item!r}")
-        if value.lower() in ("true", "false"):
-            out[key] = value.lower() == "true"
-            continue
-        for cast in (int, float):
-            try:
-                value = cast(value)
-                break
-            except ValueError:
-                continue
-        out[key] = value
+        try:
+            key, value = parse_override(item)
+        except ValueError as e:
+            raise SystemExit(f"--distill-override: {e}") from None
+        if key in _RESERVED:
+            raise SystemExit(f"--distill-override {key}: set by experiments.run from "
+                             f"{_RESERVED[key]}, not an override")
+        if key not in types:
+            valid = sorted(set(types) - set(_RESERVED))
+            raise SystemExit(f"--distill-override: unknown field {key!r}; valid fields: {valid}")
+        try:
+            out[key] = coerce_field(types[key], value, f"--distill-override {key}")
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
     return out
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {value}")
+    return value
 
 
 def main(argv=None) -> int:
@@ -289,7 +360,8 @@ def main(argv=None) -> int:
                     "optimum. Every stage resumes when rerun.",
         epilog="settings: " + ", ".join(SETTINGS))
     p.add_argument("setting", choices=sorted(SETTINGS), help="which experiment to run")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default: 0)")
+    p.add_argument("--seeds", type=_seed, nargs="+", default=[0],
+                   help="training seeds, ints >= 0 (default: 0)")
     p.add_argument("--ed", action="store_true", help="also train and evaluate Expert Distillation")
     p.add_argument("--data", default="data", help="root of the datasets (default: data)")
     p.add_argument("--runs", default="runs", help="root of the trained models (default: runs)")
@@ -310,12 +382,20 @@ def main(argv=None) -> int:
         p.error(f"--temperature must be > 0, got {args.temperature}")
     if args.cpu_devices < 1:
         p.error(f"--cpu-devices must be >= 1, got {args.cpu_devices}")
+    try:
+        overrides = _parse_kv(args.distill_override)
+    except SystemExit as e:
+        p.error(str(e))
     reexec_with_hugepage_malloc()  # ~30% faster training steps on CPU (ad.utils)
     if args.cpu_devices > 1:  # before anything starts the backend
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)
-    run(get_setting(args.setting), seeds=tuple(args.seeds), with_ed=args.ed, data_root=args.data,
-        runs_root=args.runs, out_root=args.out, distill_overrides=_parse_kv(args.distill_override),
-        quiet=args.quiet, temperature=args.temperature)
+    try:
+        run(get_setting(args.setting), seeds=tuple(args.seeds), with_ed=args.ed,
+            data_root=args.data, runs_root=args.runs, out_root=args.out,
+            distill_overrides=overrides, quiet=args.quiet, temperature=args.temperature)
+    except (ConfigError, IntegrityError, NonFiniteLossError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)  # a message naming the field or file, no traceback
+        return 2
     return 0
 
 
