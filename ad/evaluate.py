@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ad.config import ModelConfig
+from ad.hooks import Intervention
 from ad.inputs import Previous, after_step, one_step_inputs, stream_start
 from ad.model import decode_step, init_cache
 from source_agents.history import LearningHistory, episode_returns_jax
@@ -51,6 +52,16 @@ class Rollout(NamedTuple):
     done: jax.Array  # (N, S) bool: the step ended an episode
     obs: PyTree = None  # (N, S, ...) the observation each action was taken at (record_policy)
     policy: jax.Array | None = None  # (N, S, A) float32: the sampled-from policy (record_policy)
+    activations: dict | None = None  # {hook name: (N, S, ...)} (record=): decode-step values
+
+
+class Resample(NamedTuple):
+    """Resample ablation in closed loop: a donor stream runs beside the rollout, in context
+    on its own tasks (its own actions, no intervention), and at each step the selected
+    entries of the named hooks take the donor's values of that step."""
+
+    tasks: PyTree  # leaves (N, ...): the donor task of each rollout
+    where: dict  # {hook name: bool mask broadcastable to the decode-step activation}
 
 
 def check_temperature(temperature: float) -> None:
@@ -61,15 +72,31 @@ def check_temperature(temperature: float) -> None:
 
 
 @partial(jax.jit, static_argnames=("config", "env", "num_steps", "temperature",
-                                   "record_policy"))
+                                   "record_policy", "feedback", "record"))
 def ad_rollout(params: PyTree, config: ModelConfig, env, tasks: PyTree, key: jax.Array,
                num_steps: int, temperature: float = 1.0,
-               prompt: LearningHistory | None = None, record_policy: bool = False) -> Rollout:
+               prompt: LearningHistory | None = None, record_policy: bool = False, *,
+               hooks: dict | None = None, resample: Resample | None = None,
+               feedback=None, record: tuple[str, ...] = ()) -> Rollout:
     """Run the model in context on ``N`` tasks (``tasks`` leaves (N, ...)) for ``num_steps``.
 
     ``temperature`` scales the logits before sampling (1.0 = the policy itself; argmax
     policies are known to freeze on one action in Dark Room, so we sample).
     ``record_policy`` also returns each step's observation and sampling distribution.
+
+    Looking inside while it learns (``ad.hooks``):
+    - ``hooks``: ``{hook name: Intervention}`` applied at every decode step (an
+      intervention whose fields span ``num_steps`` steps' positions applies each step's
+      slice), e.g. ``ablate("blocks.1.attn.hook_z", config, heads=2)``.
+    - ``resample``: a ``Resample`` (donor tasks and masks) — resample ablation.
+    - ``feedback``: an input edit in closed loop, ``feedback.init(N) -> state`` and
+      ``feedback(state, prev, t) -> (state, prev_seen)``: what the model reads of the
+      previous step (``Previous``) is replaced by ``prev_seen`` before the one input
+      builder; the env and the returned record are untouched (e.g. rewards zeroed or
+      flipped as they are fed back: ``ad.interp.streams``).
+    - ``record``: hook names whose decode-step values are returned per step in
+      ``Rollout.activations``.
+    With none of these the rollout is the plain one, bit for bit.
     """
     check_temperature(temperature)
     n = jax.tree.leaves(tasks)[0].shape[0]
@@ -77,6 +104,12 @@ def ad_rollout(params: PyTree, config: ModelConfig, env, tasks: PyTree, key: jax
     reset_key, key = jax.random.split(key)
     obs, state = jax.vmap(env.reset)(jax.random.split(reset_key, n), tasks)
     prev = stream_start((n,), obs, config.num_actions)  # what each stream's first step reads
+    hooks = dict(hooks or {})
+
+    def decode(cache, obs, prev, step_hooks):
+        out = decode_step(params, config, cache, one_step_inputs(obs, prev, config),
+                          hooks=step_hooks, capture=record or None)
+        return out if record else (*out, None)
 
     if prompt is not None:  # teacher-force a given context into the cache first
         def feed(carry, xs):
@@ -90,22 +123,54 @@ def ad_rollout(params: PyTree, config: ModelConfig, env, tasks: PyTree, key: jax
               jnp.logical_or(prompt.terminated, prompt.truncated).T)
         (cache, prev), _ = jax.lax.scan(feed, (cache, prev), xs)
 
-    def body(carry, step_key):
-        cache, obs, state, prev = carry
-        act_key, env_key = jax.random.split(step_key)
-        logits, cache = decode_step(params, config, cache, one_step_inputs(obs, prev, config))
-        action = jax.random.categorical(act_key, logits / temperature).astype(jnp.int32)
+    def env_step(env_key, state, action, tasks):
         next_obs, state, reward, terminated, truncated, _ = jax.vmap(env.step)(
             jax.random.split(env_key, n), state, action, tasks)
-        done = jnp.logical_or(terminated, truncated)
-        carry = (cache, next_obs, state, after_step(action, reward, done, obs))
-        if record_policy:
-            return carry, Rollout(action, reward, done, obs,
-                                  jax.nn.softmax(logits / temperature, axis=-1))
-        return carry, Rollout(action, reward, done)
+        return next_obs, state, reward, jnp.logical_or(terminated, truncated)
 
-    carry = (cache, obs, state, prev)
-    _, out = jax.lax.scan(body, carry, jax.random.split(key, num_steps))
+    donor = None
+    if resample is not None:  # the donor stream: its own reset, actions and env steps
+        d_key = jax.random.fold_in(reset_key, 1)
+        d_obs, d_state = jax.vmap(env.reset)(jax.random.split(d_key, n), resample.tasks)
+        donor = (init_cache(config, n), d_obs, d_state,
+                 stream_start((n,), d_obs, config.num_actions))
+
+    def body(carry, xs):
+        cache, obs, state, prev, fb_state, donor = carry
+        step_key, t = xs
+        act_key, env_key = jax.random.split(step_key)
+        step_hooks = dict(hooks)
+        if donor is not None:
+            d_cache, d_obs, d_state, d_prev = donor
+            d_act_key, d_env_key = jax.random.split(jax.random.fold_in(step_key, 1))
+            d_logits, d_cache, d_acts = decode_step(
+                params, config, d_cache, one_step_inputs(d_obs, d_prev, config),
+                capture=tuple(resample.where))
+            d_action = jax.random.categorical(d_act_key, d_logits / temperature)
+            d_action = d_action.astype(jnp.int32)
+            d_next, d_state, d_reward, d_done = env_step(d_env_key, d_state, d_action,
+                                                         resample.tasks)
+            donor = (d_cache, d_next, d_state, after_step(d_action, d_reward, d_done, d_obs))
+            for name, mask in resample.where.items():
+                step_hooks[name] = Intervention(where=jnp.asarray(mask),
+                                                scale=jnp.zeros((), jnp.float32),
+                                                value=d_acts[name])
+        seen = prev
+        if feedback is not None:
+            fb_state, seen = feedback(fb_state, prev, t)
+        logits, cache, acts = decode(cache, obs, seen, step_hooks)
+        action = jax.random.categorical(act_key, logits / temperature).astype(jnp.int32)
+        next_obs, state, reward, done = env_step(env_key, state, action, tasks)
+        carry = (cache, next_obs, state, after_step(action, reward, done, obs), fb_state, donor)
+        out = Rollout(action, reward, done, activations=acts)
+        if record_policy:
+            out = out._replace(obs=obs, policy=jax.nn.softmax(logits / temperature, axis=-1))
+        return carry, out
+
+    fb_state = feedback.init(n) if feedback is not None else None
+    carry = (cache, obs, state, prev, fb_state, donor)
+    _, out = jax.lax.scan(body, carry, (jax.random.split(key, num_steps),
+                                        jnp.arange(num_steps, dtype=jnp.int32)))
     return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), out)
 
 

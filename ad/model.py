@@ -63,6 +63,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from ad import hooks
+from ad import hooks as hooks_lib  # decode_step's ``hooks`` argument shadows the name
 from ad.config import ModelConfig
 from ad.inputs import StepInputs, dummy_inputs
 
@@ -266,27 +268,25 @@ class Block(nn.Module):
     def _act(self, h):
         return nn.gelu(h, approximate=True) if self.config.activation == "gelu" else nn.relu(h)
 
-    def _mlp(self, x, train: bool, sow: bool):
-        cfg = self.config
-        h = self.ln2(x)
-        if sow:
-            self.sow("intermediates", "ln2.hook_normalized", h)
-        pre = self.mlp_in(h)
-        post = self._act(pre)
-        if sow:
-            self.sow("intermediates", "mlp.hook_pre", pre)
-            self.sow("intermediates", "mlp.hook_post", post)
-        out = self.mlp_out(post).astype(jnp.float32)
-        if sow:
-            self.sow("intermediates", "hook_mlp_out", out)
-        return _dropout(self, out, cfg.dropout, train)
+    def _mlp(self, x, train: bool):
+        h = hooks.point(self, "ln2.hook_normalized", self.ln2(x))
+        pre = hooks.point(self, "mlp.hook_pre", self.mlp_in(h))
+        post = hooks.point(self, "mlp.hook_post", self._act(pre))
+        out = hooks.point(self, "hook_mlp_out", self.mlp_out(post).astype(jnp.float32))
+        return _dropout(self, out, self.config.dropout, train)
 
     def _split_heads(self, h):
         cfg = self.config
         qkv = self.qkv(h).reshape(*h.shape[:-1], 3, cfg.num_heads, cfg.head_dim)
         return qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
 
-    def _attention(self, h, bias: "AttentionBias", rope, train: bool, sow: bool):
+    def _head_major_point(self, local: str, x):
+        """A hook on head-major (B, H, N, Dh) values, seen as (B, N, H, Dh)."""
+        if not hooks.wants(self, local):
+            return x
+        return hooks.point(self, local, x.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
+
+    def _attention(self, h, bias: "AttentionBias", rope, train: bool):
         """Band attention of the full forward; h (B, N, d) -> z (B, N, H, Dh).
 
         Why head-major: q/k/v come out of one einsum already as (B, H, N, Dh), so the
@@ -300,6 +300,9 @@ class Block(nn.Module):
         B, N, _ = h.shape
         H, Dh = cfg.num_heads, cfg.head_dim
         q, k, v = self.qkv.head_major(h)  # (B, H, N, Dh) each
+        q = self._head_major_point("attn.hook_q", q)
+        k = self._head_major_point("attn.hook_k", k)
+        v = self._head_major_point("attn.hook_v", v)
         if rope is not None:
             cos, sin = rope  # (N, 1, Dh/2)
             cos_f = jnp.concatenate([cos[:, 0], cos[:, 0]], -1)
@@ -308,12 +311,15 @@ class Block(nn.Module):
             def rot(x):
                 return (x * cos_f + jnp.concatenate([x[..., Dh // 2:], x[..., :Dh // 2]], -1)
                         * sin_f).astype(x.dtype)
-            q, k = rot(q), rot(k)
-        if sow:
-            for name, t in (("q", q), ("k", k), ("v", v)):
-                self.sow("intermediates", f"attn.hook_{name}", t.transpose(0, 2, 1, 3))
+            q = self._head_major_point("attn.hook_rot_q", rot(q))
+            k = self._head_major_point("attn.hook_rot_k", rot(k))
         q = q * jnp.asarray(1.0 / math.sqrt(Dh), q.dtype)
         if bias.blocked:
+            state = hooks.current()
+            if state is not None and any(hooks.full_name(self, f"attn.hook_{n}") in state.edits
+                                         for n in ("attn_scores", "pattern")):
+                raise ValueError("edits of attention scores/patterns need "
+                                 "attention_impl='dense' (ad.hooks.run_with_hooks sets it)")
             bs = bias.block
             nb = N // bs
 
@@ -323,57 +329,54 @@ class Block(nn.Module):
                 return jnp.concatenate([prev, xb], axis=3)
             qb = q.reshape(B, H, nb, bs, Dh)
             scores = jnp.einsum("bhnqd,bhnkd->bhnqk", qb, two_blocks(k),
-                                preferred_element_type=jnp.float32)
-            probs = jax.nn.softmax(scores + bias.bias, axis=-1)
-            if sow:  # scatter to the dense (B, H, N, N) form: exact (one-hot placement)
-                place = np.zeros((nb, 2 * bs, (nb + 1) * bs), np.float32)
-                for i in range(nb):
-                    place[i, np.arange(2 * bs), i * bs + np.arange(2 * bs)] = 1.0
-                dense = jnp.einsum("bhiqk,ikj->bhiqj", probs, jnp.asarray(place))[..., bs:]
-                self.sow("intermediates", "attn.hook_pattern", dense.reshape(B, H, N, N))
+                                preferred_element_type=jnp.float32) + bias.bias
+            probs = jax.nn.softmax(scores, axis=-1)
+            for local, blocked in (("attn.hook_attn_scores", scores), ("attn.hook_pattern", probs)):
+                if hooks.wants(self, local):  # recorded in the dense (B, H, N, N) form
+                    hooks.point(self, local, _blocks_to_dense(blocked, nb, bs,
+                                                              local.endswith("scores")))
             probs = _dropout(self, probs, cfg.attn_dropout, train)
             z = jnp.einsum("bhnqk,bhnkd->bnqhd", probs.astype(v.dtype), two_blocks(v))
             return z.reshape(B, N, H, Dh)
         scores = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
-        probs = jax.nn.softmax(scores + bias.bias, axis=-1)
-        if sow:
-            self.sow("intermediates", "attn.hook_pattern", probs)
+        scores = hooks.point(self, "attn.hook_attn_scores", scores + bias.bias)
+        probs = hooks.point(self, "attn.hook_pattern", jax.nn.softmax(scores, axis=-1))
         probs = _dropout(self, probs, cfg.attn_dropout, train)
         return jnp.einsum("bhqk,bhkd->bqhd", probs.astype(v.dtype), v)
 
     def __call__(self, x, bias: "AttentionBias", rope, train: bool):
         """Full forward. x (B, N, d); ``bias`` from ``attention_bias`` (mask + ALiBi)."""
-        sow = self.is_mutable_collection("intermediates")
-        if sow:
-            self.sow("intermediates", "hook_resid_pre", x)
-        h = self.ln1(x)
-        if sow:
-            self.sow("intermediates", "ln1.hook_normalized", h)
-        z = self._attention(h, bias, rope, train, sow)
-        return self._finish(x, z, train, sow)
+        x = hooks.point(self, "hook_resid_pre", x)
+        h = hooks.point(self, "ln1.hook_normalized", self.ln1(x))
+        return self._finish(x, self._attention(h, bias, rope, train), train)
 
-    def _finish(self, x, z, train: bool, sow: bool):
+    def _attn_out(self, z):
+        """z (B, N, H, Dh) -> (B, N, d). Per-head results are formed only when a hook asks
+        for them (their sum over heads plus the bias is the output, up to rounding)."""
         cfg = self.config
-        if sow:
-            self.sow("intermediates", "attn.hook_z", z)
-        attn = self.attn_out(z.reshape(*z.shape[:2], cfg.d_model)).astype(jnp.float32)
-        if sow:
-            self.sow("intermediates", "hook_attn_out", attn)
-        x = x + _dropout(self, attn, cfg.dropout, train)
-        if sow:
-            self.sow("intermediates", "hook_resid_mid", x)
-        x = x + self._mlp(x, train, sow)
-        if sow:
-            self.sow("intermediates", "hook_resid_post", x)
-        return x
+        z = hooks.point(self, "attn.hook_z", z)
+        if not hooks.wants(self, "attn.hook_result"):
+            return self.attn_out(z.reshape(*z.shape[:2], cfg.d_model)).astype(jnp.float32)
+        w = self.attn_out.variables["params"]["kernel"].reshape(cfg.num_heads, cfg.head_dim,
+                                                                cfg.d_model)
+        result = jnp.einsum("bnhe,hed->bnhd", z.astype(jnp.float32), w)
+        result = hooks.point(self, "attn.hook_result", result)
+        return result.sum(axis=2) + self.attn_out.variables["params"]["bias"]
+
+    def _finish(self, x, z, train: bool):
+        cfg = self.config
+        attn = hooks.point(self, "hook_attn_out", self._attn_out(z))
+        x = hooks.point(self, "hook_resid_mid", x + _dropout(self, attn, cfg.dropout, train))
+        return hooks.point(self, "hook_resid_post", x + self._mlp(x, train))
 
     def decode(self, x, keys, values, t, rope_table):
-        """One step of ``K`` tokens against this layer's rolling cache (no dropout/capture).
+        """One step of ``K`` tokens against this layer's rolling cache (no dropout).
 
         x (B, K, d): the step's tokens. keys/values (B, c, K, H, Dh): the cache, keys
         stored RoPE-rotated by their *slot phase* ``K*slot + m``; slot ``t % c`` still holds
         step ``t - c`` (outside the band, masked) and is overwritten by the caller.
-        Returns (x, k_new, v_new) with k_new rotated by the current slot phase.
+        Returns (x, k_new, v_new) with k_new rotated by the current slot phase: after the
+        hook points, so an intervened step writes its intervened keys and values.
 
         Why slot phases are exact: a slot ``s <= w = t % c`` holds a step of the current
         epoch of ``c`` steps, so query phase ``K*w + j`` gives the true relative offset; a
@@ -383,8 +386,12 @@ class Block(nn.Module):
         cfg = self.config
         K, c, H = cfg.tokens_per_step, cfg.context, cfg.num_heads
         B = x.shape[0]
-        h = self.ln1(x)
+        x = hooks.point(self, "hook_resid_pre", x)
+        h = hooks.point(self, "ln1.hook_normalized", self.ln1(x))
         q, k, v = self._split_heads(h)  # (B, K, H, Dh)
+        q = hooks.point(self, "attn.hook_q", q)
+        k = hooks.point(self, "attn.hook_k", k)
+        v = hooks.point(self, "attn.hook_v", v)
         w = t % c
         slots = jnp.arange(c)
         age = (w - slots) % c  # steps between t and the step held by each slot (0: stale)
@@ -394,10 +401,16 @@ class Block(nn.Module):
             cur = K * w
             cos_c = jax.lax.dynamic_slice_in_dim(cos_t, cur, K)[:, None]
             sin_c = jax.lax.dynamic_slice_in_dim(sin_t, cur, K)[:, None]
-            cos_p = jax.lax.dynamic_slice_in_dim(cos_t, cur + K * c, K)[:, None]
-            sin_p = jax.lax.dynamic_slice_in_dim(sin_t, cur + K * c, K)[:, None]
-            q_cur, k_new = apply_rope(q, cos_c, sin_c), apply_rope(k, cos_c, sin_c)
-            q_prev = apply_rope(q, cos_p, sin_p)
+            q_cur = hooks.point(self, "attn.hook_rot_q", apply_rope(q, cos_c, sin_c))
+            k_new = hooks.point(self, "attn.hook_rot_k", apply_rope(k, cos_c, sin_c))
+            if hooks.wants(self, "attn.hook_rot_q"):
+                # The previous epoch's phase is K*c further on: rotate the (edited) q_cur
+                # by it, so an edit of hook_rot_q reaches both phases.
+                q_prev = apply_rope(q_cur, cos_t[K * c], sin_t[K * c])
+            else:
+                cos_p = jax.lax.dynamic_slice_in_dim(cos_t, cur + K * c, K)[:, None]
+                sin_p = jax.lax.dynamic_slice_in_dim(sin_t, cur + K * c, K)[:, None]
+                q_prev = apply_rope(q, cos_p, sin_p)
             s_cur = jnp.einsum("bjhd,bsmhd->bhjsm", q_cur, keys,
                                preferred_element_type=jnp.float32)
             s_prev = jnp.einsum("bjhd,bsmhd->bhjsm", q_prev, keys,
@@ -420,15 +433,33 @@ class Block(nn.Module):
         scores = jnp.concatenate(
             [(s_cache * scale + bias_cache).reshape(B, H, K, c * K), s_new * scale + bias_new],
             axis=-1)
-        probs = jax.nn.softmax(scores, axis=-1)
+        scores = hooks.point(self, "attn.hook_attn_scores", scores)
+        probs = hooks.point(self, "attn.hook_pattern", jax.nn.softmax(scores, axis=-1))
         p_cache = probs[..., : c * K].reshape(B, H, K, c, K).astype(values.dtype)
         p_new = probs[..., c * K:].astype(v.dtype)
         z = (jnp.einsum("bhjsm,bsmhd->bjhd", p_cache, values)
              + jnp.einsum("bhjm,bmhd->bjhd", p_new, v))
-        attn = self.attn_out(z.reshape(B, K, cfg.d_model)).astype(jnp.float32)
-        x = x + attn
-        x = x + self._mlp(x, False, False)
-        return x, k_new, v
+        return self._finish(x, z, False), k_new, v
+
+
+def _blocks_to_dense(blocked: jax.Array, nb: int, bs: int, scores: bool) -> jax.Array:
+    """Blocked (B, H, nb, bs, 2*bs) scores or probabilities in the dense (B, H, N, N) form
+    (one-hot placement: exact); entries the blocks never form are −1e30 for scores, 0 for
+    probabilities."""
+    B, H = blocked.shape[:2]
+    place = np.zeros((nb, 2 * bs, (nb + 1) * bs), np.float32)
+    for i in range(nb):
+        place[i, np.arange(2 * bs), i * bs + np.arange(2 * bs)] = 1.0
+    place = jnp.asarray(place)
+    if scores:  # place the band's finite entries; everything else is the mask value
+        inside = blocked > _NEG / 2
+        dense = jnp.einsum("bhiqk,ikj->bhiqj", jnp.where(inside, blocked, 0.0), place)
+        reached = jnp.einsum("bhiqk,ikj->bhiqj", inside.astype(jnp.float32), place) > 0
+        dense = jnp.where(reached, dense, _NEG)[..., bs:]
+    else:
+        dense = jnp.einsum("bhiqk,ikj->bhiqj", blocked, place)[..., bs:]
+    return dense.reshape(B, H, nb * bs, nb * bs)
+
 
 def _mix32(x: jax.Array) -> jax.Array:
     """A 32-bit integer finaliser (xorshift-multiply, full avalanche); x uint32."""
@@ -490,21 +521,26 @@ class ADTransformer(nn.Module):
             raise ValueError(f"StepInputs.prev_action/prev_reward must both be (B, T), got "
                              f"{inputs.prev_action.shape} and {inputs.prev_reward.shape}")
         B, T = inputs.prev_action.shape
-        o = self.obs_embed(inputs.obs)
+        # Each input term's embedding is a hook of its own ("what did the reward add?").
+        o = hooks.point(self, "embed.hook_obs", self.obs_embed(inputs.obs))
         a = jax.nn.one_hot(inputs.prev_action, cfg.num_actions + 1, dtype=jnp.float32)
-        a = a @ self.action_embed
+        a = hooks.point(self, "embed.hook_action", a @ self.action_embed)
         r = self.reward_embed(inputs.prev_reward.astype(jnp.float32)[..., None])
+        r = hooks.point(self, "embed.hook_reward", r)
         if cfg.episode_start_token:
             if inputs.episode_start is None:
                 raise ValueError("ModelConfig.episode_start_token=True needs "
                                  "StepInputs.episode_start (B, T) bool")
-            o = o + inputs.episode_start.astype(jnp.float32)[..., None] * self.start_embed
+            o = o + hooks.point(self, "embed.hook_episode_start",
+                                inputs.episode_start.astype(jnp.float32)[..., None]
+                                * self.start_embed)
         if cfg.prev_obs_token:
             if inputs.prev_obs is None:
                 raise ValueError("ModelConfig.prev_obs_token=True needs StepInputs.prev_obs "
                                  "(obs[t-1], leaves (B, T, *obs_shape))")
             known = (inputs.prev_action != cfg.num_actions)[..., None]
-            o = o + jnp.where(known, self.prev_obs_embed(inputs.prev_obs), 0.0)
+            o = o + hooks.point(self, "embed.hook_prev_obs",
+                                jnp.where(known, self.prev_obs_embed(inputs.prev_obs), 0.0))
         if cfg.token_layout == "step":
             x = o + a + r
         else:  # (a_{t-1}, r_{t-1}, o_t) per step
@@ -513,22 +549,14 @@ class ADTransformer(nn.Module):
             masked = jax.random.bernoulli(self.make_rng("dropout"), cfg.token_mask_prob,
                                           x.shape[:2])
             x = jnp.where(masked[..., None], self.mask_embed, x)
-        if self.is_mutable_collection("intermediates"):
-            self.sow("intermediates", "hook_embed", x)
-        return _dropout(self, x, cfg.dropout, train)
+        return _dropout(self, hooks.point(self, "hook_embed", x), cfg.dropout, train)
 
     def _normalized(self, x: jax.Array) -> jax.Array:
         """The final LayerNorm of the tokens that predict actions."""
-        h = self.ln_final(x)
-        if self.is_mutable_collection("intermediates"):
-            self.sow("intermediates", "ln_final.hook_normalized", h)
-        return h
+        return hooks.point(self, "ln_final.hook_normalized", self.ln_final(x))
 
     def _logits(self, h: jax.Array) -> jax.Array:
-        logits = self.head(h).astype(jnp.float32)
-        if self.is_mutable_collection("intermediates"):
-            self.sow("intermediates", "hook_logits", logits)
-        return logits
+        return hooks.point(self, "hook_logits", self.head(h).astype(jnp.float32))
 
     # ---- full (training) forward ------------------------------------------------------------
     def __call__(self, inputs: StepInputs, *, train: bool, valid=None) -> jax.Array:
@@ -567,7 +595,7 @@ class ADTransformer(nn.Module):
             x, k, v = block.decode(x, cache.keys[l], cache.values[l], cache.step, rope_table)
             new_k.append(k)
             new_v.append(v)
-        logits = self._logits(self._normalized(x[:, -1]))  # (B, A)
+        logits = self._logits(self._normalized(x[:, -1:]))[:, 0]  # (B, A)
         w = cache.step % cfg.context
         start = (0, 0, w, 0, 0, 0)
         keys = jax.lax.dynamic_update_slice(
@@ -618,14 +646,28 @@ def _as_one_step(step: StepInputs) -> StepInputs:
     return step
 
 
-def decode_step(params: PyTree, config: ModelConfig, cache: KVCache, step: StepInputs):
+def decode_step(params: PyTree, config: ModelConfig, cache: KVCache, step: StepInputs,
+                hooks: dict | None = None, capture=None):
     """``(logits (B, A), new_cache)`` for the next step of every stream; jittable.
 
     Exact: equals ``ADTransformer(config)`` over the whole stream (the band makes the
     ``c`` cached steps all that any layer can see). Cost per step O(L * c * d).
+
+    ``hooks``: ``{hook name: Intervention or fn(x, name)}`` applied at this step (an
+    intervention whose fields span a whole stream's positions applies its slice for
+    step ``cache.step``); the cache receives the intervened keys and values. ``capture``
+    (names, a predicate or True): also return this step's activations by hook name,
+    ``(logits, new_cache, activations)`` (``ad.hooks`` lists the decode-step shapes).
     """
-    return ADTransformer(config).apply({"params": params}, _as_one_step(step), cache,
-                                       method=ADTransformer.decode)
+    with hooks_lib.active(hooks, capture, step=cache.step,
+                          tokens_per_step=config.tokens_per_step):
+        out = ADTransformer(config).apply({"params": params}, _as_one_step(step), cache,
+                                          method=ADTransformer.decode,
+                                          mutable=["intermediates"] if capture else False)
+    if not capture:
+        return out
+    (logits, cache), state = out
+    return logits, cache, hooks_lib.collect(state.get("intermediates", {}))
 
 
 @struct.dataclass

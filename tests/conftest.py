@@ -36,3 +36,11 @@ def darkroom_data(tmp_path_factory) -> Path:
                           source_overrides={"num_steps": 100}, num_histories=16,
                           shard_size=8, verbose=False))
     return out
+
+
+@pytest.fixture(scope="session")
+def darkroom_env():
+    """The standard 9x9 Dark Room (81 goals, 20-step episodes)."""
+    import envs
+
+    return envs.make("darkroom")

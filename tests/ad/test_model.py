@@ -15,7 +15,7 @@ import pytest
 
 import envs
 from ad.config import ModelConfig
-from ad.hooks import run_with_cache
+from ad.interp.cache import run_with_cache
 from ad.inputs import Previous, StepInputs, stream_inputs
 from ad.model import band_mask
 from tests.helpers import (forward, params_for, random_inputs, random_stream, with_episode_starts,
