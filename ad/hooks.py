@@ -338,7 +338,8 @@ def point(module, local: str, x: jax.Array) -> jax.Array:
     edit = state.edits.get(name)
     if edit is not None:
         if isinstance(edit, Intervention):
-            x = _at_step(edit, name, state, x.shape)(x) if state.step is not None else edit(x)
+            x = (_at_step(edit, name, state) if state.step is not None
+                 else _padded(edit, name, x.shape))(x)
         else:
             x = edit(x, name)
     if state.capture is not None and state.capture(name):
@@ -346,7 +347,24 @@ def point(module, local: str, x: jax.Array) -> jax.Array:
     return x
 
 
-def _at_step(edit: Intervention, name: str, state: HookState, shape) -> Intervention:
+def _padded(edit: Intervention, name: str, shape) -> Intervention:
+    """The blocked attention pads a window to whole blocks at its end: an intervention
+    given over the window's positions selects nothing in the padding."""
+    axes = hook_axes(name)
+    fields = {"where": edit.where, "scale": edit.scale, "value": edit.value}
+    for i, a in enumerate(axes):
+        if a not in ("pos", "key_pos"):
+            continue
+        for f, arr in fields.items():
+            arr = jnp.asarray(arr)
+            if arr.ndim == len(axes) and 1 < arr.shape[i] < shape[i]:
+                pad = [(0, 0)] * arr.ndim
+                pad[i] = (0, shape[i] - arr.shape[i])
+                fields[f] = jnp.pad(arr, pad)  # where: False, value/scale: 0 (unused)
+    return Intervention(**fields)
+
+
+def _at_step(edit: Intervention, name: str, state: HookState) -> Intervention:
     """In the decode step, an intervention whose fields span a whole stream's positions
     (token or step axis longer than 1) applies its slice for the current step."""
     axes = hook_axes(name)
