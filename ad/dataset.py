@@ -852,7 +852,7 @@ class Dataset:
         history = shard["start"] + int(where[0])
         at = f"history {history}" + (f", step {int(where[1])}" if len(where) > 1 else "")
         raise DatasetError(f"{self._file_path(shard, name + '.npy')}: {int(bad.sum())} "
-                           f"value(s) out of range, first at {at}: {values[where]!r} (valid: "
+                           f"value(s) out of range, first at {at}: {values[where].item()!r} (valid: "
                            f"{valid}); the dataset is corrupt")
 
     # ---- memory maps -----------------------------------------------------------------

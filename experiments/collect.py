@@ -2,9 +2,9 @@
 
     python -m experiments.collect --env darkroom --source ppo --histories 2000 --out data/darkroom-ppo
 
-Runs ``jax.jit(jax.vmap(train))`` of the source (``source_agents``) over one shard of
-histories at a time, sharded over every device along the history axis, and writes each
-shard atomically with ``ad.dataset.DatasetWriter`` (format in ``ad/dataset.py``).
+Runs ``jax.jit(jax.vmap(train))`` of the source (``source_agents``) over fixed chunks of
+histories, one chunk per device at a time, and writes each shard atomically with
+``ad.dataset.DatasetWriter`` (format in ``ad/dataset.py``).
 Ctrl-C (or a crash) keeps the finished shards; rerunning the same command resumes.
 
 Reproducibility: history ``i`` is determined by ``(seed, i)`` alone: its key is
@@ -46,7 +46,6 @@ from typing import Any, Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 import envs
@@ -56,7 +55,6 @@ from ad.dataset import (META_FILE, Dataset, DatasetError, DatasetSpec, DatasetWr
 from ad.utils import check_output_path, coerce_overrides, parse_override
 from source_agents.history import LearningHistory
 
-HISTORY_AXIS = "histories"
 DEFAULT_CHUNK = 64  # histories per device and jit call (CollectConfig.chunk_size)
 
 
@@ -258,8 +256,8 @@ def collect(config: CollectConfig) -> Path:
         steps_per_history = source_config.num_steps
         written, steady_steps, steady_time = 0, 0, 0.0
         if pending:
-            run, inputs = _compiled(env, source_config, config, devices)
-            chunks = _ChunkedSource(run, inputs, config.chunk_size, len(devices))
+            run, inputs = _compiled(env, source_config, config)
+            chunks = _ChunkedSource(run, inputs, config.chunk_size, devices)
             bar = tqdm(pending, unit="shard", disable=not config.verbose, desc=f"collect {out.name}")
             for shard_index, (start, stop) in enumerate(bar):
                 t_shard = time.perf_counter()
@@ -283,23 +281,29 @@ def collect(config: CollectConfig) -> Path:
 class _ChunkedSource:
     """Histories ``[start, stop)`` computed in fixed chunks ``[k·C, (k+1)·C)``, one chunk per
     device and call (module docstring: the vmap width must not depend on the shard size
-    or the device count). Chunks that overhang a shard are kept for the next one."""
+    or the device count). Chunks that overhang a shard are kept for the next one.
 
-    def __init__(self, run, inputs, chunk_size: int, num_devices: int):
-        self.run, self.inputs, self.C, self.D = run, inputs, chunk_size, num_devices
+    With several devices, device d runs chunk ``c + d·C`` as its own single-device call of
+    the same jitted function (JAX dispatches them asynchronously, so they run at once).
+    A batch sharded over a mesh would not do: the SPMD-partitioned program rounds
+    differently from the one-device program (a PPO history differed, 2 devices vs 1).
+    """
+
+    def __init__(self, run, inputs, chunk_size: int, devices):
+        self.run, self.inputs, self.C, self.devices = run, inputs, chunk_size, list(devices)
         self.cache: dict[int, tuple] = {}  # chunk start -> (history, params) on the host
 
     def _chunk(self, c: int) -> tuple:
         if c not in self.cache:
             self.cache = {k: v for k, v in self.cache.items() if k > c}  # passed: free them
-            # D chunks in one call, contiguous blocks of C histories: device d computes
-            # chunk c + d·C with exactly the program one device runs for one chunk
-            indices = jnp.arange(c, c + self.C * self.D, dtype=jnp.int32)
-            keys, params = self.inputs(indices)
-            history, params = jax.device_get((self.run(keys, params), params))
-            for d in range(self.D):
-                rows = slice(d * self.C, (d + 1) * self.C)
-                self.cache[c + d * self.C] = jax.tree.map(lambda x: x[rows], (history, params))
+            pending = []
+            for d, device in enumerate(self.devices):
+                indices = jax.device_put(
+                    jnp.arange(c + d * self.C, c + (d + 1) * self.C, dtype=jnp.int32), device)
+                keys, params = self.inputs(indices)
+                pending.append((c + d * self.C, (self.run(keys, params), params)))
+            for start, result in pending:  # block only once every device has its chunk
+                self.cache[start] = jax.device_get(result)
         return self.cache[c]
 
     def histories(self, start: int, stop: int) -> tuple:
@@ -309,43 +313,29 @@ class _ChunkedSource:
         return jax.tree.map(lambda x: x[start - first: stop - first], joined)
 
 
-def _compiled(env, source_config, config: CollectConfig, devices):
-    """Jitted ``run(keys, params)`` and ``inputs(indices)``, sharded over the history axis.
+def _compiled(env, source_config, config: CollectConfig):
+    """Jitted ``run(keys, params)`` and ``inputs(indices)`` for one chunk on one device.
 
     Both are cached on their (hashable, frozen) configs, so a pipeline that collects
     several datasets with one source (train and test splits, resumes) compiles once.
     """
-    devices = tuple(devices)
     try:
-        run = _cached_run(env, config.source, source_config, devices)
-        inputs = _cached_inputs(env, config.split, config.seed, devices)
+        run = _cached_run(env, config.source, source_config)
+        inputs = _cached_inputs(env, config.split, config.seed)
     except TypeError:  # an unhashable config: build uncached
-        run = _cached_run.__wrapped__(env, config.source, source_config, devices)
-        inputs = _cached_inputs.__wrapped__(env, config.split, config.seed, devices)
+        run = _cached_run.__wrapped__(env, config.source, source_config)
+        inputs = _cached_inputs.__wrapped__(env, config.split, config.seed)
     return run, inputs
 
 
-def _history_sharding(devices: tuple) -> NamedSharding:
-    mesh = Mesh(np.asarray(devices), (HISTORY_AXIS,))
-    return NamedSharding(mesh, PartitionSpec(HISTORY_AXIS))  # split histories, not steps
+@functools.lru_cache(maxsize=8)
+def _cached_run(env, source_name: str, source_config):
+    return jax.jit(jax.vmap(resolve_source(source_name).make_train(env, source_config)))
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_run(env, source_name: str, source_config, devices: tuple):
-    train = jax.vmap(resolve_source(source_name).make_train(env, source_config))
-    if len(devices) == 1:
-        return jax.jit(train)
-    sharded = _history_sharding(devices)
-    return jax.jit(train, in_shardings=(sharded, sharded), out_shardings=sharded)
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_inputs(env, split: str, seed: int, devices: tuple):
-    inputs = make_history_inputs(env, split, seed)
-    if len(devices) == 1:
-        return jax.jit(inputs)
-    sharded = _history_sharding(devices)
-    return jax.jit(inputs, in_shardings=sharded, out_shardings=(sharded, sharded))
+def _cached_inputs(env, split: str, seed: int):
+    return jax.jit(make_history_inputs(env, split, seed))
 
 
 def _history_note(env, source, split: str) -> str | None:
