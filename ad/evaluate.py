@@ -93,7 +93,9 @@ def ad_rollout(params: PyTree, config: ModelConfig, env, tasks: PyTree, key: jax
       ``feedback(state, prev, t) -> (state, prev_seen)``: what the model reads of the
       previous step (``Previous``) is replaced by ``prev_seen`` before the one input
       builder; the env and the returned record are untouched (e.g. rewards zeroed or
-      flipped as they are fed back: ``ad.interp.streams``).
+      flipped as they are fed back: ``ad.interp.streams``). ``t`` counts the rollout's
+      steps; a ``prompt`` is fed unedited, and the first rollout step then reads the
+      prompt's last step.
     - ``record``: hook names whose decode-step values are returned per step in
       ``Rollout.activations``.
     With none of these the rollout is the plain one, bit for bit.

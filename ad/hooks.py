@@ -173,9 +173,11 @@ def where(name: str, config, *, heads=None, positions=None, neurons=None,
     """A bool mask over hook ``name``'s axes, size 1 on every axis not selected.
 
     ``heads``, ``neurons``: an int, a list of ints or a bool array (counts from ``config``,
-    a ``ModelConfig``). ``positions``: ints (``num_positions`` gives the axis length) or a
+    a ``ModelConfig``). ``positions``: ints (``num_positions`` gives the axis length), a
     bool array over the token axis (the step axis for step-indexed hooks, the query axis
-    for scores and patterns). ``batch``: a bool array (B,). None selects a whole axis.
+    for scores and patterns), or a (B, N) bool array of per-row positions (e.g.
+    ``ad.interp.streams.token_positions`` of a selector). ``batch``: a bool array (B,).
+    None selects a whole axis.
     """
     axes = hook_axes(name)
     mask = np.ones((1,) * len(axes), bool)
@@ -187,6 +189,11 @@ def where(name: str, config, *, heads=None, positions=None, neurons=None,
         if axis not in axes:
             raise ValueError(f"hook {name!r} has no {axis!r} axis (axes {axes})")
         sel = np.asarray(sel)
+        if sel.dtype == bool and sel.ndim == 2 and axis in ("pos", "step"):
+            view = [1] * len(axes)  # per-row positions (B, N), e.g. from a stream selector
+            view[0], view[axes.index(axis)] = sel.shape
+            mask = mask & sel.reshape(view)
+            return
         if sel.dtype != bool:
             if length is None:
                 raise ValueError(f"where({name!r}): integer positions need num_positions")

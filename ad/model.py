@@ -42,10 +42,11 @@ dropout, attention-probability dropout and random token masking (a token's input
 embedding is replaced by a learned mask embedding with probability
 ``token_mask_prob``; per step for ``"step"``, per token for ``"oar"``).
 
-Activations: every intermediate has a TransformerLens-style name (``ad.hooks`` lists them)
-and is recorded with ``self.sow`` into the ``"intermediates"`` collection, a no-op unless
-that collection is mutable, so training pays nothing; ``ad.hooks.run_with_cache``
-returns them by name from the very forward pass used in training.
+Activations: every intermediate passes through a hook point with a TransformerLens-style
+name (``ad.hooks`` lists them): ``ad.hooks.point`` returns its argument untouched unless
+a hook state is active (``ad.hooks.run_with_hooks``, ``decode_step(hooks=, capture=)``),
+so training pays nothing; with one active it edits and/or records the activation, in the
+full forward and in the KV-cache decode step alike.
 
 Evaluation: ``init_cache`` / ``decode_step`` (rolling KV cache, exact), and the paper's
 baseline ``init_recompute_buffer`` / ``recompute_step`` (full forward over the last
