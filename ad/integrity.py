@@ -60,7 +60,7 @@ def warn_legacy(path: str | os.PathLike, what: str) -> None:
         return
     _warned.add(key)
     warnings.warn(f"{path}: {what} has no recorded checksum (written before checksums "
-                  f"existed); loaded without verification", LegacyArtefactWarning, stacklevel=3)
+                  f"existed); used without verification", LegacyArtefactWarning, stacklevel=3)
 
 
 # ----------------------------------------------------------------------------------------
@@ -100,7 +100,7 @@ def check_file(path: Path, size: int, digest: str, what: str = "") -> None:
     got_size, got = file_digest(path)
     if got_size != size:
         raise IntegrityError(f"{path}: {got_size} bytes on disk, the checksum record says "
-                             f"{size} ({'truncated' if got_size < size else 'trailing data'})")
+                             f"{size}: truncated, extended or edited")
     if got != digest:
         raise IntegrityError(f"{path}: checksum mismatch (blake2b {got[:16]}…, recorded "
                              f"{digest[:16]}…): the file is corrupt or was edited")

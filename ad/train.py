@@ -226,8 +226,8 @@ def _check_dataset_identity(run_dir: Path, dataset: Dataset, saved_path: str) ->
                 f"run directory (--runs / out) or delete it")
     else:  # a run from before content ids: the path is all there is to compare
         if os.path.realpath(saved_path) != os.path.realpath(dataset.path):
-            warn_legacy(run_dir, f"the dataset identity of this run (recorded path "
-                                 f"{saved_path}, now {dataset.path})")
+            warn_legacy(run_dir, f"the dataset this run trained on (recorded as {saved_path}, "
+                                 f"now {dataset.path})")
 
 
 class _RunLock:
