@@ -61,6 +61,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, fault: str | None =
         if fault:
             fault_point(fault)
         os.replace(tmp, path)
+    except OSError as e:  # e.g. ENOSPC from write or fsync: say which file could not be written
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, f"{path}: could not be written ({e.strerror or e}); nothing "
+                               f"was replaced") from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -40,7 +40,7 @@ TINY_RUN = dict(model=dict(context=4, d_model=16, num_layers=1, num_heads=2, mlp
 
 @dataclasses.dataclass
 class Outcome:
-    kind: str  # "detected", "resumed", "silent" or "unnamed"
+    kind: str  # "detected", "resumed", "detected+resumed", "silent" or "unnamed"
     detail: str = ""
 
 
@@ -50,7 +50,7 @@ def expect_error(fn: Callable, root: Path) -> Outcome:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fn()
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, OSError, FloatingPointError) as e:
         return Outcome("detected" if str(root) in str(e) else "unnamed", str(e)[:300])
     return Outcome("silent", "no error")
 
@@ -304,6 +304,98 @@ def temp_files(root: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------
+# Faults a rerun must survive exactly (the tests: test_faults.py, test_pipeline.py)
+# ---------------------------------------------------------------------------------------
+def unfinished_copy(run: Path, dst: Path, keep_last_checkpoint: bool) -> Path:
+    """A copy of a finished run as if it had been killed before saving its model."""
+    shutil.copytree(run, dst)
+    shutil.rmtree(dst / "model")
+    (dst / "provenance.json").unlink()
+    if not keep_last_checkpoint:
+        for f in (dst / "checkpoints").glob(f"step_{TINY_RUN['num_steps']:08d}*"):
+            f.unlink()
+    return dst
+
+
+def _resume_rows(tmp: Path, data: Path, other: Path, run: Path) -> list:
+    import contextlib
+    import errno
+    import fcntl
+    import io
+    from unittest import mock
+
+    import ad.utils
+    from ad.train import distill
+    from experiments.collect import CollectConfig, collect
+
+    rows, ref = [], params_bytes(run)
+
+    def resumed(out: Path) -> bool:
+        return params_bytes(out) == ref and not temp_files(out)
+
+    d = unfinished_copy(run, tmp / "r-flip", keep_last_checkpoint=True)
+    flip("checkpoints/step_00000004.msgpack", (100, 101, 102))(d)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        distill(run_config(data, d))
+    named = any("step_00000004.msgpack: checksum mismatch" in str(w.message) for w in caught)
+    rows.append(("ckpt", "latest checkpoint 3 bytes flipped (skipped for the one before)",
+                 Outcome(("detected+" if named else "") + ("resumed" if resumed(d) else "silent"))))
+
+    d = unfinished_copy(run, tmp / "r-metrics", keep_last_checkpoint=False)
+    with open(d / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "accur')
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        distill(run_config(data, d))
+    lines = [json.loads(line)["step"] for line in open(d / "metrics.jsonl")]
+    rows.append(("metrics", "partial last line of metrics.jsonl (finding 4)", Outcome(
+        ("detected+" if str(d / "metrics.jsonl") in err.getvalue() else "")
+        + ("resumed" if resumed(d) and lines == [1, 2, 3, 4] else "silent"))))
+
+    d = unfinished_copy(run, tmp / "r-full", keep_last_checkpoint=False)
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with mock.patch.object(ad.utils.os, "fsync", full):
+        o = expect_error(lambda: distill(run_config(data, d)), d)
+    left = temp_files(d)
+    distill(run_config(data, d))  # space freed: the same command again
+    rows.append(("disk", "disk full while writing (fsync fails with ENOSPC)", Outcome(
+        ("detected+" if o.kind == "detected" and not left else "unnamed+")
+        + ("resumed" if resumed(d) else "silent"), o.detail)))
+
+    o = expect_error(lambda: distill(run_config(data, tmp / "r-nan", lr=1e30, num_steps=8,
+                                                grad_clip=0.0)), tmp / "r-nan")
+    ok = o.kind == "detected" and "non-finite at step" in o.detail and not (tmp / "r-nan" / "model").exists()
+    rows.append(("train", "loss overflows (lr 1e30): stops naming the step", Outcome(
+        "detected" if ok else "silent", o.detail)))
+
+    fd = os.open(data / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a concurrent process holding the writer's lock
+    try:
+        o = expect_error(lambda: collect(CollectConfig(out=data, **COLLECT)), data)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    rows.append(("readers", "collect over a finished dataset while .lock is held (finding 6)",
+                 Outcome("resumed" if o.kind == "silent" else "unnamed", o.detail)))
+
+    moved = tmp / "moved"
+    shutil.copytree(data, moved / "data")
+    shutil.copytree(run, moved / "runs" / "run")
+    link = tmp / "link"
+    link.symlink_to(moved / "data")
+    before = (moved / "runs" / "run" / "model" / "params.msgpack").stat().st_mtime_ns
+    distill(run_config(link, moved / "runs" / "run"))
+    same = (moved / "runs" / "run" / "model" / "params.msgpack").stat().st_mtime_ns == before
+    rows.append(("moved", "runs and data folders moved, dataset via a symlink (finding 5)",
+                 Outcome("resumed" if same else "silent")))
+    o = expect_error(lambda: distill(run_config(other, moved / "runs" / "run")), moved / "runs" / "run")
+    rows.append(("moved", "the same run pointed at another dataset's content", o))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------
 # The table
 # ---------------------------------------------------------------------------------------
 def main() -> int:  # pragma: no cover - a report, the tests assert the same cases
@@ -345,7 +437,9 @@ def main() -> int:  # pragma: no cover - a report, the tests assert the same cas
             same = all(np.array_equal(np.load(f), np.load(out / f.relative_to(data)))
                        for f in data.rglob("*.npy")) and not temp_files(out)
             rows.append(("kill", f"collect killed at {fault}", Outcome("resumed" if same else "silent")))
-    counts = {k: sum(o.kind == k for _, _, o in rows) for k in ("detected", "resumed", "silent", "unnamed")}
+        rows += _resume_rows(tmp, data, other, run)
+    counts = {k: sum(k in o.kind.split("+") for _, _, o in rows)
+              for k in ("detected", "resumed", "silent", "unnamed")}
     print(f"{'kind':8s} {'fault':62s} outcome")
     for kind, name, o in rows:
         print(f"{kind:8s} {name:62s} {o.kind}: {o.detail[:90]}")
