@@ -111,7 +111,8 @@ def restore_latest_checkpoint(run_dir: Path, template: TrainState) -> TrainState
             warnings.warn(f"skipping a corrupt checkpoint: {e}", stacklevel=2)
     if errors:
         raise IntegrityError(f"{run_dir / CKPT_DIR}: no checkpoint verifies ({'; '.join(errors)}); "
-                             f"rerun with a new --out (or delete the run directory) to start over")
+                             f"delete the run directory or choose another one (experiments.run --runs, "
+                             f"DistillConfig.out) to start over")
     return None
 
 

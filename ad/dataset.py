@@ -237,7 +237,8 @@ def check_same_spec(path: Path, old: Mapping[str, Any], new: Mapping[str, Any], 
         raise DatasetError(
             f"{path}: an unfinished dataset started by an older version, which computed "
             f"histories in batches of the shard size; finishing it now would mix two batchings "
-            f"(different floating point). Pass --overwrite (overwrite=True) to recollect it")
+            f"(different floating point). Recollect it: experiments.collect --overwrite "
+            f"(overwrite=True), or delete {path}")
     if legacy:
         new = dict(new, extra={k: v for k, v in new["extra"].items() if k not in legacy})
     diff = _first_difference(old, new)
@@ -245,7 +246,8 @@ def check_same_spec(path: Path, old: Mapping[str, Any], new: Mapping[str, Any], 
         raise DatasetError(
             f"{path}: exists with a different {diff!r} "
             f"(on disk: {_lookup(old, diff)!r}, requested: {_lookup(new, diff)!r}); "
-            "pass overwrite=True (--overwrite) to replace it, or choose another path")
+            "choose another path (experiments.run: another --data), or replace it with "
+            "experiments.collect --overwrite (overwrite=True)")
 
 
 def open_finished(path: str | os.PathLike, spec: DatasetSpec) -> "Dataset":

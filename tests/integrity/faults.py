@@ -289,14 +289,14 @@ def run_killed(code: str, fault: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def distill_code(dataset: Path, out: Path) -> str:
+def distill_code(dataset: Path, out: Path, **overrides) -> str:
     return (f"from tests.integrity.faults import run_config; from ad.train import distill; "
-            f"distill(run_config({str(dataset)!r}, {str(out)!r}))")
+            f"distill(run_config({str(dataset)!r}, {str(out)!r}, **{overrides!r}))")
 
 
-def collect_code(out: Path) -> str:
+def collect_code(out: Path, **overrides) -> str:
     return (f"from pathlib import Path; from tests.integrity.faults import make_dataset; "
-            f"make_dataset(Path({str(out)!r}))")
+            f"make_dataset(Path({str(out)!r}), **{overrides!r})")
 
 
 def temp_files(root: Path) -> list[str]:
