@@ -244,7 +244,7 @@ def collect(config: CollectConfig) -> Path:
     check_output_path(out, "--out")
     t_start = time.perf_counter()
     if (out / META_FILE).exists() and not config.overwrite:
-        dataset = open_finished(out, spec)
+        open_finished(out, spec)
         if config.verbose:
             print(f"{out}: finished dataset, verified (checksums and values) in "
                   f"{time.perf_counter() - t_start:.1f} s; nothing to collect")
@@ -257,7 +257,7 @@ def collect(config: CollectConfig) -> Path:
         written, steady_steps, steady_time = 0, 0, 0.0
         if pending:
             run, inputs = _compiled(env, source_config, config)
-            chunks = _ChunkedSource(run, inputs, config.chunk_size, devices)
+            chunks = _ChunkedSource(run, inputs, config.chunk_size, devices, config.num_histories)
             bar = tqdm(pending, unit="shard", disable=not config.verbose, desc=f"collect {out.name}")
             for shard_index, (start, stop) in enumerate(bar):
                 t_shard = time.perf_counter()
@@ -289,8 +289,9 @@ class _ChunkedSource:
     differently from the one-device program (a PPO history differed, 2 devices vs 1).
     """
 
-    def __init__(self, run, inputs, chunk_size: int, devices):
+    def __init__(self, run, inputs, chunk_size: int, devices, num_histories: int):
         self.run, self.inputs, self.C, self.devices = run, inputs, chunk_size, list(devices)
+        self.n = num_histories  # chunks past it are not computed
         self.cache: dict[int, tuple] = {}  # chunk start -> (history, params) on the host
 
     def _chunk(self, c: int) -> tuple:
@@ -298,6 +299,8 @@ class _ChunkedSource:
             self.cache = {k: v for k, v in self.cache.items() if k > c}  # passed: free them
             pending = []
             for d, device in enumerate(self.devices):
+                if c + d * self.C >= self.n:
+                    break
                 indices = jax.device_put(
                     jnp.arange(c + d * self.C, c + (d + 1) * self.C, dtype=jnp.int32), device)
                 keys, params = self.inputs(indices)
