@@ -71,6 +71,9 @@ def lens_and_dla(model, stream: Stream, task_ids: np.ndarray, split_episode: int
     kl = np.asarray(jnp.sum(jnp.exp(logp) * (logp - jax.nn.log_softmax(lens, -1)), -1))
     episode = episode_index(stream)
     early, late = episode < split_episode, episode >= split_episode
+    if not early.any() or not late.any():
+        raise ValueError(f"logit lens: the cached streams need episodes before and after "
+                         f"episode {split_episode + 1} (raise --episodes or --lens-steps)")
     out = {"lens_labels": labels,
            "lens_kl_early": [float(kl[i][early].mean()) for i in range(len(labels))],
            "lens_kl_late": [float(kl[i][late].mean()) for i in range(len(labels))],

@@ -337,3 +337,20 @@ def test_retention_cli_counts_every_episode(tiny_dark_run, tmp_path):
     want_split = retention.first_success_split(returns >= 0.9 * opt[:, None],
                                                np.arange(returns.shape[1]) < counts[:, None])
     assert stored["split"] == want_split
+
+
+@pytest.mark.slow
+def test_interp_tutorial_cli_on_a_tiny_run(tiny_dark_run, tmp_path):
+    """The tutorial command end to end: JSON with exact DLA sums, a logit lens that ends
+    at the policy, figures, and one ablation cell per head plus the unablated one."""
+    from experiments.analysis import interp_tutorial
+
+    run_dir = tiny_dark_run / "r" / "tiny-dark" / "ad-seed0"
+    interp_tutorial.main(["--darkroom", str(run_dir), "--out", str(tmp_path), "--tasks", "4",
+                          "--rollouts", "2", "--episodes", "8", "--pairs", "8",
+                          "--candidates", "256", "--mean-windows", "8"])
+    r = json.loads((tmp_path / "tutorial.json").read_text())["results"]["darkroom"]
+    assert r["dla_sum_error"] < 1e-4 and r["held_out_tasks"] == 4
+    assert r["lens_kl_late"][-1] == pytest.approx(0.0, abs=1e-5)
+    assert (tmp_path / "figures" / "darkroom_ablation.png").stat().st_size > 1000
+    assert set(r["ablation"]["summary"]) == {"none", "L0H0", "L0H1"}
