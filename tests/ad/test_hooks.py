@@ -288,3 +288,18 @@ def test_recorded_rollout_activations_equal_the_replay(tiny_config, darkroom_env
     for n in names:
         np.testing.assert_allclose(np.asarray(ro.activations[n])[:, :, 0], acts[n],
                                    atol=1e-5, err_msg=n)
+
+
+def test_a_stack_of_interventions_vmaps_to_the_loop(tiny_config):
+    """hooks.stack + jax.vmap over the interventions = one patched forward each."""
+    cfg = tiny_config(attention_impl="dense")
+    params = params_for(cfg)
+    inp = random_inputs(8, 2, 6)
+    name = "blocks.0.hook_resid_post"
+    edits = [{name: hooks.ablate(name, cfg, positions=[p], num_positions=6)} for p in range(6)]
+    batched = jax.vmap(lambda e: hooks.run_with_hooks(params, cfg, inp, e))(hooks.stack(edits))
+    for p, e in enumerate(edits):
+        np.testing.assert_allclose(batched[p], hooks.run_with_hooks(params, cfg, inp, e),
+                                   atol=1e-6)
+    with pytest.raises(ValueError, match="same hook names"):
+        hooks.stack([edits[0], {"hook_embed": hooks.identity("hook_embed")}])
