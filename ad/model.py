@@ -65,7 +65,8 @@ import numpy as np
 from flax import struct
 
 from ad import hooks
-from ad import hooks as hooks_lib  # decode_step's ``hooks`` argument shadows the name
+from ad.hooks import active as _hooks_active, collect as _collect_hooks  # decode_step's
+# ``hooks`` argument shadows the module's name there
 from ad.config import ModelConfig
 from ad.inputs import StepInputs, dummy_inputs
 
@@ -660,15 +661,15 @@ def decode_step(params: PyTree, config: ModelConfig, cache: KVCache, step: StepI
     (names, a predicate or True): also return this step's activations by hook name,
     ``(logits, new_cache, activations)`` (``ad.hooks`` lists the decode-step shapes).
     """
-    with hooks_lib.active(hooks, capture, step=cache.step,
-                          tokens_per_step=config.tokens_per_step):
+    with _hooks_active(hooks, capture, step=cache.step,
+                       tokens_per_step=config.tokens_per_step):
         out = ADTransformer(config).apply({"params": params}, _as_one_step(step), cache,
                                           method=ADTransformer.decode,
                                           mutable=["intermediates"] if capture else False)
     if not capture:
         return out
     (logits, cache), state = out
-    return logits, cache, hooks_lib.collect(state.get("intermediates", {}))
+    return logits, cache, _collect_hooks(state.get("intermediates", {}))
 
 
 @struct.dataclass

@@ -180,16 +180,13 @@ def _block_rest(block, x_row, z_row, stage: str, patched, mask):
         return jnp.where(mask, patched, value) if stage == local else value
 
     z = swap("attn.hook_z", z_row)  # (B, H, Dh)
-    w = block.attn_out.variables["params"]
-    result = jnp.einsum("bhe,hed->bhd", z.astype(jnp.float32),
-                        w["kernel"].reshape(cfg.num_heads, cfg.head_dim, cfg.d_model))
-    if stage == "attn.hook_result":
-        result = jnp.where(mask, patched, result)
-        attn = result.sum(1) + w["bias"]
-    elif stage == "attn.hook_z":
-        attn = block.attn_out(z.reshape(z.shape[0], cfg.d_model)).astype(jnp.float32)
+    if stage == "attn.hook_result":  # per-head writes, formed only for this hook
+        w = block.attn_out.variables["params"]
+        result = jnp.einsum("bhe,hed->bhd", z.astype(jnp.float32),
+                            w["kernel"].reshape(cfg.num_heads, cfg.head_dim, cfg.d_model))
+        attn = jnp.where(mask, patched, result).sum(1) + w["bias"]
     else:
-        attn = block.attn_out(z_row.reshape(z_row.shape[0], cfg.d_model)).astype(jnp.float32)
+        attn = block.attn_out(z.reshape(z.shape[0], cfg.d_model)).astype(jnp.float32)
     attn = swap("hook_attn_out", attn)
     mid = swap("hook_resid_mid", x_row + attn)
     h = swap("ln2.hook_normalized", block.ln2(mid))
@@ -206,20 +203,19 @@ def _last_block_row(block, x, k_base, v_base, changed, row: int, bias_row, rope)
     when None). ``rope``: (cos, sin) tables (N, Dh/2) or None."""
     cfg = block.config
     H, Dh = cfg.num_heads, cfg.head_dim
-    h = block.ln1(x)  # cheap (elementwise); the projections below are what costs
     B, N, _ = x.shape
     if changed is None:  # every row may differ: recompute all keys and values
-        _, k, v = block._split_heads(h)
+        _, k, v = block._split_heads(block.ln1(x))
         if rope is not None:
             k = apply_rope(k, rope[0][:, None], rope[1][:, None])
-    else:
-        idx = jnp.argmax(changed)  # the one changed row
-        _, k_r, v_r = block._split_heads(h[:, idx])
+    else:  # only the one changed row's key and value differ from the corrupted run's
+        idx = jnp.argmax(changed)
+        _, k_r, v_r = block._split_heads(block.ln1(x[:, idx]))
         if rope is not None:
             k_r = apply_rope(k_r, rope[0][idx], rope[1][idx])
         k = k_base.at[:, idx].set(k_r.astype(k_base.dtype))
         v = v_base.at[:, idx].set(v_r.astype(v_base.dtype))
-    q, _, _ = block._split_heads(h[:, row])
+    q, _, _ = block._split_heads(block.ln1(x[:, row]))
     if rope is not None:
         q = apply_rope(q, rope[0][row], rope[1][row])
     scores = jnp.einsum("bhd,bnhd->bhn", q, k, preferred_element_type=jnp.float32)
