@@ -9,27 +9,21 @@ locally and fail in CI (``CI=true``).
 from __future__ import annotations
 
 import os
-import shutil
-import threading
-import time
 from pathlib import Path
 
 import jax
 import pytest
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+from ad.interp.explorer.testing import chromium, chromium_path, serve
 
 
 def chromium_or_skip() -> str:
     """The Chromium binary; a skip (locally) or a failure (CI=true) when it is missing."""
-    path = CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
+    path = chromium_path()
     if path:
         return path
-    msg = (f"Chromium not found at {CHROMIUM}: install Debian's chromium "
-           f"(apt-get install -y chromium chromium-driver; .ci/run does)")
+    msg = ("Chromium not found (/usr/bin/chromium): install Debian's chromium "
+           "(apt-get install -y chromium chromium-driver; .ci/run does)")
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(msg)
     pytest.skip(msg)
@@ -75,35 +69,14 @@ def session(explorer, tiny_run):
 @pytest.fixture(scope="session")
 def server(explorer):
     """The app on a free port of 127.0.0.1 (a uvicorn thread); yields the base URL."""
-    import uvicorn
-
     from ad.interp.explorer.app import make_app
 
-    srv = uvicorn.Server(uvicorn.Config(make_app(explorer), host="127.0.0.1", port=0,
-                                        log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started:
-        if time.time() > deadline or not thread.is_alive():
-            raise RuntimeError("the explorer's server did not start")
-        time.sleep(0.05)
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serve(make_app(explorer)) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
-def browser(tmp_path_factory):
+def browser():
     """A headless Debian Chromium (fresh profile) under Playwright."""
-    path = chromium_or_skip()
-    from playwright.sync_api import sync_playwright
-
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(profile), executable_path=path, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1760, "height": 1100})
+    with chromium(chromium_or_skip()) as context:
         yield context
-        context.close()

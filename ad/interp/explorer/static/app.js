@@ -353,13 +353,15 @@ function drawDla() {
   const r = S.inside, a = +$("dla-action").value || 0, A = S.info.num_actions;
   const vals = r.dla.map((row) => row[a] - row.reduce((x, y) => x + y, 0) / A);
   svg.dataset.values = JSON.stringify(vals);
-  const n = vals.length, bw = 820 / n, mx = Math.max(...vals.map(Math.abs), 1e-9), mid = 100;
+  const x0 = 70, n = vals.length, bw = (830 - x0) / n, mx = Math.max(...vals.map(Math.abs), 1e-9), mid = 100;
   vals.forEach((v, i) => {
-    const h = 90 * Math.abs(v) / mx;
-    el("rect", {x: 10 + i * bw, y: v >= 0 ? mid - h : mid, width: bw - 3, height: h, fill: v >= 0 ? "#2a62c9" : "#d33"}, svg);
-    el("text", {x: 10 + i * bw + bw / 2, y: 205, "text-anchor": "end", transform: `rotate(-40 ${10 + i * bw + bw / 2} 205)`}, svg, r.dla_labels[i]);
+    const h = 90 * Math.abs(v) / mx, x = x0 + i * bw;
+    const r_ = el("rect", {x, y: v >= 0 ? mid - h : mid, width: bw - 3, height: h, fill: v >= 0 ? "#2a62c9" : "#d33"}, svg);
+    el("title", {}, r_, `${r.dla_labels[i]}: ${v.toFixed(4)}`);
+    el("text", {x: x + bw / 2, y: 205, "text-anchor": "end", transform: `rotate(-40 ${x + bw / 2} 205)`}, svg, r.dla_labels[i]);
   });
-  el("line", {x1: 10, y1: mid, x2: 830, y2: mid, stroke: "#999"}, svg);
+  el("line", {x1: x0, y1: mid, x2: 830, y2: mid, stroke: "#999"}, svg);
+  el("text", {x: 2, y: 14}, svg, `±${mx.toFixed(2)}`);
 }
 
 // ---- edits by clicking the grid -----------------------------------------------------------
