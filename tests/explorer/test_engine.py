@@ -151,21 +151,27 @@ def test_patch_from_a_second_context(session, stream):
     assert np.abs(session.policy(edited)[195] - session.policy(stream)[195]).max() > 1e-4
 
 
-def test_continue_feeds_only_the_reach_and_matches_the_full_prompt(session, stream):
-    """Continuing from the last ``reach`` steps equals continuing from the whole context."""
+def test_continue_feeds_only_the_reach_and_matches_the_full_context(session, stream):
+    """Continuing feeds only the last ``reach`` steps as the prompt, yet the policy it
+    samples from at every new step is the library forward over the *whole* new stream."""
+    assert session.reach < 200
     cont = session.rollout(3, 2, seed=5, prompt=stream)
-    assert cont.action.shape == (1, 240)
+    assert cont.action.shape == (1, 240) and cont.done[0, 219] and cont.done[0, 239]
     for a, b in zip(cont, stream):
         np.testing.assert_array_equal(np.asarray(a)[:, :200], b)
-    hist = LearningHistory(obs=jnp.asarray(stream.obs), action=jnp.asarray(stream.action),
-                           reward=jnp.asarray(stream.reward),
-                           terminated=jnp.zeros((1, 200), bool), truncated=jnp.asarray(stream.done))
+    # the recorded policy of the rollout's new steps, through the explorer's own ad_rollout
+    # call (same key): rerun it to read the policy the actions were sampled from
+    keep = slice(200 - session.reach, 200)
+    hist = LearningHistory(obs=jnp.asarray(stream.obs[:, keep]),
+                           action=jnp.asarray(stream.action[:, keep]),
+                           reward=jnp.asarray(stream.reward[:, keep]),
+                           terminated=jnp.zeros((1, session.reach), bool),
+                           truncated=jnp.asarray(stream.done[:, keep]))
     r = ad_rollout(session.model.params, session.config, session.env, session.task(3),
                    jax.random.fold_in(jax.random.PRNGKey(5), 200), 40, prompt=hist,
                    record_policy=True,
                    hooks=engine.Ablation.none(session.config).interventions(session.config))
     np.testing.assert_array_equal(np.asarray(r.action), cont.action[:, 200:])
-    # and the continuation's policy is the library forward over the whole new stream
     np.testing.assert_allclose(np.asarray(r.policy)[0], library_policy(session, cont)[200:240],
                                atol=2e-5)
 
@@ -204,8 +210,8 @@ def test_ucb1_reference_is_the_source_exactly():
 
 
 def test_bad_input_is_refused_with_a_clear_error(session, stream):
-    with pytest.raises(ValueError, match="episode 9 does not exist"):
-        session.edit(stream, "drop_episode", 3, episode=9)
+    with pytest.raises(ValueError, match="episode 12 does not exist"):
+        session.edit(stream, "drop_episode", 3, episode=12)
     with pytest.raises(ValueError, match="unknown edit 'paint'"):
         session.edit(stream, "paint", 3)
     with pytest.raises(ValueError, match="not adjacent"):

@@ -133,8 +133,9 @@ class ModelEntry(NamedTuple):
 
 def discover(*roots: str | Path) -> list[ModelEntry]:
     """Every finished model (``<run>/model/config.json``) under the given folders (a
-    folder that is itself a run counts), then those of the model zoo if ``ad.zoo``
-    exposes ``list()`` (optional: the explorer works without it)."""
+    folder that is itself a run counts), then the model zoo's: the checkpoints shipped in
+    ``ad/zoo/weights/`` and, if ``ad.zoo`` exposes ``list()``, its catalogue (optional:
+    the explorer works without either)."""
     import json
 
     found, seen = [], set()
@@ -158,6 +159,10 @@ def discover(*roots: str | Path) -> list[ModelEntry]:
                                     str(meta.get("source", "")), label))
     try:  # the model zoo (another issue); guarded so the explorer never depends on it
         import ad.zoo as zoo
+
+        shipped = Path(zoo.__file__).parent / "weights"  # checkpoints shipped as package data
+        if shipped.is_dir() and shipped not in map(Path, roots):
+            found += [e for e in discover(shipped) if e.id not in seen]
 
         for item in zoo.list():
             name = getattr(item, "name", None) or str(item)

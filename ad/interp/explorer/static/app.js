@@ -10,6 +10,7 @@ const S = window.explorer = {
   history: [],      // earlier streams, for undo
   edited: new Set(),// steps touched by edits (marked on the timeline)
   t: 0, inside: null, mode: null, drawn: [], source: null,
+  ablatedEpisodes: new Set(),  // episodes rolled out with the ablation on (red on the curve)
   latencies: [],    // {op, ms}: click -> updated policy chart, measured in the page
   version: 0,       // bumped whenever the policy chart is redrawn
   busy: 0,
@@ -134,6 +135,7 @@ async function rollout() {
   await timed("rollout", async () => {
     const v = await api("/api/rollout", {...base(), episodes: +$("episodes").value, seed: +$("seed").value});
     S.original = v.stream; S.history = []; S.edited = new Set(); S.source = null;
+    S.ablatedEpisodes = new Set();
     setView(v, v.stream.action.length);
   });
 }
@@ -142,6 +144,10 @@ async function continueRollout(episodes) {
   await timed(`continue ${episodes}`, async () => {
     const v = await api("/api/rollout", {...base(), episodes, seed: +$("seed").value, context: S.view.stream});
     S.history.push(S.view.stream);
+    if (v.rollout_ablated_from !== undefined) {
+      const done = S.view.returns.length;
+      for (let e = done; e < v.returns.length; e++) S.ablatedEpisodes.add(e);
+    }
     setView(v, v.stream.action.length);
   });
 }
@@ -269,6 +275,7 @@ function drawCurve() {
   el("line", {x1: m, y1: Y(opt), x2: W - 8, y2: Y(opt), stroke: "#555", "stroke-dasharray": "4 3"}, svg);
   if (src) el("polyline", {points: src.slice(0, n).map((v, i) => `${X(i)},${Y(v)}`).join(" "), fill: "none", stroke: "#e08a00", "stroke-width": 1.5}, svg);
   if (ad.length) el("polyline", {points: ad.map((v, i) => `${X(i)},${Y(v)}`).join(" "), fill: "none", stroke: "#2a62c9", "stroke-width": 2}, svg);
+  S.ablatedEpisodes.forEach((i) => { if (i < ad.length) el("circle", {cx: X(i), cy: Y(ad[i]), r: 2.5, fill: "#d33"}, svg); });
   const e = episodeOf()[S.t];
   el("line", {x1: X(e), y1: 8, x2: X(e), y2: H - m, stroke: "#d33", "stroke-opacity": 0.5}, svg);
 }
@@ -402,7 +409,8 @@ $("undo").addEventListener("click", () => timed("undo", async () => {
   if (!S.history.length) return;
   const v = await api("/api/view", {...base(), context: S.history.pop()}); setView(v, S.t); }));
 $("reset").addEventListener("click", () => timed("reset", async () => {
-  const v = await api("/api/view", {...base(), context: S.original}); S.history = []; S.edited = new Set(); setView(v, S.t); }));
+  const v = await api("/api/view", {...base(), context: S.original}); S.history = []; S.edited = new Set();
+  S.ablatedEpisodes = new Set(); setView(v, S.t); }));
 $("dla-action").addEventListener("change", drawDla);
 document.querySelectorAll("input[name=intervention]").forEach((r) => r.addEventListener("change", () => timed("intervention", refresh)));
 $("load-source").addEventListener("click", () => timed("source", async () => {

@@ -1,0 +1,80 @@
+"""The explorer's JSON API over HTTP (the server the browser talks to) and its CLI."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from ad.interp.explorer import engine
+from ad.interp.explorer.__main__ import ExplorerConfig, parse_args
+
+
+def call(url: str, body=None):
+    """(status, JSON) of a GET (no body) or POST."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_models_and_model_description(server, tiny_run):
+    status, r = call(server + "/api/models")
+    assert status == 200 and r["default"] == str(tiny_run)
+    assert [m["id"] for m in r["models"]] == [str(tiny_run)]
+    assert r["models"][0]["env"] == "darkroom" and r["models"][0]["label"] == "darkroom-tiny/ad-seed0"
+    status, info = call(server + f"/api/model?id={tiny_run}")
+    assert status == 200 and info["kind"] == "darkroom" and info["size"] == 9
+    assert len(info["tasks"]) == 16  # every held-out Dark Room goal
+    assert info["tasks"][0]["goal"] == [0, 0] and info["tasks"][0]["optimum"] == 13.0
+    assert info["features"] is None  # the SAE extension point: no features yet
+
+
+def test_edit_over_http_is_the_engine_edit(server, session, tiny_run):
+    stream = session.rollout(3, 10, seed=1)
+    ctx = engine.stream_to_json(stream)
+    status, v = call(server + "/api/edit", {"model": str(tiny_run), "task": 3, "context": ctx,
+                                            "op": "drop_episode", "args": {"episode": 4},
+                                            "ablation": {"heads": [[0, 1]]}})
+    assert status == 200
+    edited = session.edit(stream, "drop_episode", 3, episode=4)
+    assert v["stream"] == engine.stream_to_json(edited)
+    np.testing.assert_array_equal(np.asarray(v["policy"], np.float32), session.policy(edited))
+    ab = engine.Ablation.parse(session.config, heads=[[0, 1]])
+    np.testing.assert_array_equal(np.asarray(v["policy_ablated"], np.float32),
+                                  session.policy(edited, ab))
+    assert v["returns"] == engine.episode_returns(edited) and len(v["returns"]) == 9
+    ref, _ = session.reference_policy(edited)
+    np.testing.assert_allclose(v["divergence"], 0.5 * np.abs(session.policy(edited) - ref).sum(-1),
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("path,body,status,message", [
+    ("/api/edit", {"op": "paint", "args": {}}, 400, "unknown edit 'paint'"),
+    ("/api/edit", {"op": "flip_reward", "args": {"t": 999}}, 400, "step 999 outside"),
+    ("/api/inside", {"t": 0, "ablation": {"mlps": [7]}}, 400, "MLP 7 outside"),
+    ("/api/model?id=/no/such/run", None, 400, "no trained model here"),
+])
+def test_bad_requests_get_a_clear_error(server, session, tiny_run, path, body, status, message):
+    if body is not None:
+        ctx = engine.stream_to_json(session.rollout(3, 10, seed=1))
+        body = {"model": str(tiny_run), "task": 3, "context": ctx, **body}
+    got, r = call(server + path, body)
+    assert got == status and message in r["error"], r
+
+
+def test_cli_arguments(tmp_path, tiny_run):
+    assert parse_args([]) == ExplorerConfig()
+    cfg = parse_args(["--runs", str(tmp_path), "--model", str(tiny_run), "--port", "0"])
+    assert (cfg.runs, cfg.model, cfg.port, cfg.host) == (str(tmp_path), str(tiny_run), 0,
+                                                         "127.0.0.1")
+    with pytest.raises(ValueError, match="no finished model there"):
+        parse_args(["--model", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
