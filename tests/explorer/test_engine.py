@@ -190,6 +190,14 @@ def test_darkroom_reference_by_hand():
     np.testing.assert_allclose(p[2], [0, 1 / 3, 0, 1 / 3, 1 / 3], atol=1e-7)  # (4,4), (5,4) out
     np.testing.assert_array_equal(p[3], [1, 0, 0, 0, 0])  # on the goal (6,4): stay
     np.testing.assert_array_equal(p[4], [1, 0, 0, 0, 0])
+    # on the goal against the top wall, "up" stays too: the two share the probability
+    s = Stream(np.array([[[4, 4], [4, 3], [4, 2], [4, 1], [4, 0], [4, 0]]]),
+               np.array([[4, 4, 4, 4, 0, 0]]), np.array([[0, 0, 0, 1, 1, 0]], np.float32),
+               np.zeros((1, 6), bool))
+    p = engine.darkroom_reference(s, 9)
+    # at (4,3), itself ruled out (the move there paid nothing): its 4 neighbours, (4,4) too
+    np.testing.assert_array_equal(p[1], [0, .25, .25, .25, .25])
+    np.testing.assert_array_equal(p[4], [.5, 0, 0, 0, .5])
 
 
 def test_ucb1_reference_is_the_source_exactly():

@@ -656,8 +656,9 @@ def darkroom_reference(stream: Stream, size: int) -> np.ndarray:
     over the cells no move has ended on without pay (those are ruled out). Its policy: if
     the goal is known, uniform over the moves that bring it closer (the no-op on it);
     otherwise uniform over the moves that bring it closer to the nearest cells not ruled
-    out (the no-op if it stands on one). It assumes every step that ends on the goal pays
-    (Dark Room's rule)."""
+    out. Standing on its target it stays: the no-op, or a move into the wall, which stays
+    as well (the moves are equivalent, so they share the probability). It assumes every
+    step that ends on the goal pays (Dark Room's rule)."""
     from envs.darkroom import MOVES
 
     obs = np.asarray(stream.obs)[0]
@@ -678,13 +679,10 @@ def darkroom_reference(stream: Stream, size: int) -> np.ndarray:
             best = d.min()
             targets = [np.array([x, y]) for x, y in zip(*np.nonzero(d == best))] \
                 if best < np.iinfo(np.int32).max else [pos]
-        after = np.clip(pos + MOVES, 0, size - 1)  # (5, 2)
+        after = np.clip(pos + MOVES, 0, size - 1)  # (5, 2): a move into the wall stays
         now = min(np.abs(g - pos).sum() for g in targets)
         new = np.array([min(np.abs(g - a).sum() for g in targets) for a in after])
-        good = new < now if now > 0 else new == 0
-        if now == 0:
-            good = np.zeros(5, bool)
-            good[0] = True
+        good = new < now if now > 0 else new == 0  # on a target: every action that stays
         out[t] = good / good.sum()
         # what step t taught the agent (the move's cell and whether it paid)
         cell = np.clip(pos + MOVES[action[t]], 0, size - 1)
