@@ -237,6 +237,10 @@ class ModelSession:
     model_id: str
 
     def __post_init__(self):
+        if self.model.config.obs_encoder == "minigrid":
+            raise ValueError(f"{self.model_id}: the explorer handles array observations (the "
+                             f"Dark Room family, Key-to-Door, bandits); MiniGrid models are "
+                             f"not supported yet")
         self.config = self.model.config
         self.env = self.model.env
         self.lock = threading.Lock()  # JAX calls from the server's threads, one at a time

@@ -232,6 +232,11 @@ function drawWorld() {
       fill: "none", stroke: "#a0f", "stroke-width": 3, "pointer-events": "none"}, svg);
     $("world-caption").textContent = `episode ${e}: visited cells (blue), paying cells (green), the agent (red)` +
       ($("show-goal").checked ? ", the goal (gold)" : "");
+  } else if (info.kind !== "bandit") {  // no drawing for this env: the step as numbers
+    const here = S.t < T() ? s.obs[S.t] : "the next observation";
+    el("text", {x: 10, y: 30}, svg, `observation: ${JSON.stringify(here)}`);
+    el("text", {x: 10, y: 50}, svg, `episode ${ep[S.t]}; no drawing for ${info.env}`);
+    $("world-caption").textContent = "";
   } else {
     const A = info.num_actions, pulls = new Array(A).fill(0), wins = new Array(A).fill(0);
     for (let i = 0; i < S.t; i++) { pulls[s.action[i]]++; wins[s.action[i]] += s.reward[i]; }
@@ -289,7 +294,8 @@ function drawTimeline() {
     if (div[i] > 0.5) el("rect", {x: i * dx, y: 0, width: Math.max(dx, 1), height: 12, fill: "#e33"}, svg);
     if (S.edited.has(i)) el("rect", {x: i * dx, y: 12, width: Math.max(dx, 1), height: 8, fill: "#a0f"}, svg);
     if (i < T() && s.reward[i] > 0) el("rect", {x: i * dx, y: 20, width: Math.max(dx, 1), height: 14, fill: "#3a3"}, svg);
-    if (i < T() && s.done[i]) el("line", {x1: (i + 1) * dx, y1: 20, x2: (i + 1) * dx, y2: 46, stroke: "#999"}, svg);
+    if (i < T() && s.done[i] && S.info.episode_steps > 1)
+      el("line", {x1: (i + 1) * dx, y1: 20, x2: (i + 1) * dx, y2: 46, stroke: "#999"}, svg);
   }
   el("rect", {x: S.t * dx - 1, y: 0, width: Math.max(dx, 2), height: 46, fill: "none", stroke: "#000"}, svg);
   svg.onclick = (ev) => setStep(Math.floor(ev.offsetX / dx));
@@ -341,7 +347,8 @@ function drawAttention() {
   for (let j = 0; j < cols; j++) {
     const i = r.window_start + j;
     if (i < T() && s.reward[i] > 0) el("rect", {x: lw + j * cw, y: 162, width: Math.max(cw, 1), height: 8, fill: "#3a3"}, svg);
-    if (i < T() && s.done[i]) el("line", {x1: lw + (j + 1) * cw, y1: 0, x2: lw + (j + 1) * cw, y2: 170, stroke: "#aaa"}, svg);
+    if (i < T() && s.done[i] && S.info.episode_steps > 1)  // (a bandit's every pull ends one)
+      el("line", {x1: lw + (j + 1) * cw, y1: 0, x2: lw + (j + 1) * cw, y2: 170, stroke: "#aaa"}, svg);
   }
   el("text", {x: lw, y: 190}, svg, `steps ${r.window_start} .. ${S.t} (the query is step ${S.t})`);
 }
