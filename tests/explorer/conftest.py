@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import jax
 import pytest
 
 from ad.interp.explorer.testing import chromium, chromium_path, serve
+from tests.explorer.helpers import build_model
 
 
 def chromium_or_skip() -> str:
@@ -27,26 +27,6 @@ def chromium_or_skip() -> str:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(msg)
     pytest.skip(msg)
-
-
-def build_model(run_dir: Path, scale: float = 8.0):
-    """A small Dark Room-shaped model with random weights (kernels scaled up so that its
-    policy is far from uniform and reacts to edits), saved as a finished run."""
-    import envs
-    from ad.checkpoints import save_model
-    from ad.config import ArchConfig, ModelConfig
-    from ad.model import init_params
-
-    env = envs.make("darkroom")
-    cfg = ModelConfig.for_env(env, ArchConfig(context=20, d_model=16, num_layers=2,
-                                              num_heads=2, mlp_dim=32, dropout=0.0,
-                                              obs_encoder="xy"))
-    params = init_params(cfg, jax.random.key(3))
-    params = jax.tree_util.tree_map_with_path(
-        lambda p, x: x * scale if "kernel" in str(p[-1]) or "embed" in str(p[-1]) else x,
-        params)
-    save_model(run_dir, cfg, params, env="darkroom", env_overrides={}, source="noise")
-    return run_dir
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import pytest
 
 from ad.interp.explorer import engine
 from ad.interp.explorer.__main__ import ExplorerConfig, parse_args
+from tests.explorer.helpers import walk
 
 
 def call(url: str, body=None):
@@ -37,7 +38,7 @@ def test_models_and_model_description(server, tiny_run):
 
 
 def test_edit_over_http_is_the_engine_edit(server, session, tiny_run):
-    stream = session.rollout(3, 10, seed=1)
+    stream = walk(session, 3, 10, seed=1)
     ctx = engine.stream_to_json(stream)
     status, v = call(server + "/api/edit", {"model": str(tiny_run), "task": 3, "context": ctx,
                                             "op": "drop_episode", "args": {"episode": 4},
@@ -63,7 +64,7 @@ def test_edit_over_http_is_the_engine_edit(server, session, tiny_run):
 ])
 def test_bad_requests_get_a_clear_error(server, session, tiny_run, path, body, status, message):
     if body is not None:
-        ctx = engine.stream_to_json(session.rollout(3, 10, seed=1))
+        ctx = engine.stream_to_json(walk(session, 3, 10, seed=1))
         body = {"model": str(tiny_run), "task": 3, "context": ctx, **body}
     got, r = call(server + path, body)
     assert got == status and message in r["error"], r

@@ -397,7 +397,16 @@ class ModelSession:
                       done=np.asarray(r.done).astype(bool))
 
     def replay_obs(self, task: int, actions: np.ndarray) -> np.ndarray:
-        """(S, *obs) the observations seen before each action, from the env's start."""
+        """(S, *obs) the observations seen before each action of one episode, from the
+        env's start (Dark Room: its move rule on the host; others: the env's own steps)."""
+        if _is_darkroom(self.env):
+            from envs.darkroom import MOVES
+
+            obs = np.zeros((len(actions), 2), np.int32)
+            obs[0] = self.env.size // 2
+            for t in range(1, len(actions)):
+                obs[t] = np.clip(obs[t - 1] + MOVES[actions[t - 1]], 0, self.env.size - 1)
+            return obs
         params = jax.tree.map(lambda x: x[0], self.task(task))
         obs, state = self.env.reset(jax.random.PRNGKey(0), params)
         out = []
