@@ -82,6 +82,12 @@ def test_edits_are_the_streams_edits_and_their_policy_the_library_one(session, s
         for a, b in zip(edited, want):
             np.testing.assert_array_equal(a, b)
     assert edited.done[0, -1] and edited.action.shape[1] % 20 == 0
+    if op != "move_goal":  # a lived Dark Room stream: moves follow the env, rewards its goal
+        goal = np.asarray(session.tasks.goal)[3]
+        np.testing.assert_array_equal(streams.move_goal(edited, goal, session.env).reward,
+                                      edited.reward if op not in ("flip_reward", "delete_reward",
+                                                                  "set_reward") else
+                                      stream.reward)
     if op in ("splice_random", "splice_drawn"):  # the other episodes are untouched
         k = args["episode"]
         keep = np.ones(200, bool)

@@ -73,7 +73,12 @@ def parse_args(argv=None) -> ExplorerConfig:
         description="A local web app to watch an AD model learn in context on a held-out "
                     "task, edit its context (rewards, goal, episodes, drawn trajectories) and "
                     "look inside it (attention, logit lens, DLA, ablations, patching), "
-                    "beside its source or a reference agent. Serves on 127.0.0.1 only.")
+                    "beside its source or a reference agent. Serves on 127.0.0.1 only.",
+        epilog="examples:\n  python -m ad.interp.explorer\n"
+               "  python -m ad.interp.explorer --model runs/darkroom/ad-seed0 --port 8000\n"
+               "With no model found it trains a tiny bandit model first (about a minute on "
+               "2 CPU cores). Guide: docs/explorer.md",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", default="runs", help="folder searched for trained models "
                    "(<run>/model/config.json, any depth); default: runs/")
     p.add_argument("--model", default="", help="a run directory to open first")

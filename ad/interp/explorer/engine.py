@@ -350,7 +350,9 @@ class ModelSession:
 
         Only the prompt's last ``reach`` steps are fed: no later step can see further back
         (module docstring), so the continuation is the same, and the prompt's length takes
-        few values (one compile each). Ablations apply to the new steps."""
+        few values (one compile each). Ablations apply to the new steps' computations only
+        (``ad_rollout`` feeds a prompt unablated): the first ``reach - 1`` new steps still
+        read keys and values the prompt's steps wrote without the ablation."""
         if not 1 <= episodes <= 1000:
             raise ValueError(f"episodes must lie in [1, 1000], got {episodes}")
         cfg = self.config
