@@ -31,7 +31,11 @@ def chromium_or_skip() -> str:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    return build_model(tmp_path_factory.mktemp("runs") / "darkroom-tiny" / "ad-seed0")
+    """A runs folder with two models: the Dark Room one used by the tests (returned, the
+    page's default) and a bandit one (so that picking a model is a choice)."""
+    runs = tmp_path_factory.mktemp("runs")
+    build_model(runs / "bandit-tiny" / "ad-seed0", env_name="bernoulli-bandit")
+    return build_model(runs / "darkroom-tiny" / "ad-seed0")
 
 
 @pytest.fixture(scope="session")

@@ -8,23 +8,24 @@ import jax
 import numpy as np
 
 
-def build_model(run_dir: Path, scale: float = 8.0):
-    """A small Dark Room-shaped model with random weights (kernels scaled up so that its
-    policy is far from uniform and reacts to edits), saved as a finished run."""
+def build_model(run_dir: Path, scale: float = 8.0, env_name: str = "darkroom"):
+    """A small model with random weights (kernels scaled up so that its policy is far from
+    uniform and reacts to edits), saved as a finished run: Dark Room-shaped by default."""
     import envs
     from ad.checkpoints import save_model
     from ad.config import ArchConfig, ModelConfig
     from ad.model import init_params
 
-    env = envs.make("darkroom")
-    cfg = ModelConfig.for_env(env, ArchConfig(context=20, d_model=16, num_layers=2,
-                                              num_heads=2, mlp_dim=32, dropout=0.0,
-                                              obs_encoder="xy"))
+    env = envs.make(env_name)
+    cfg = ModelConfig.for_env(env, ArchConfig(
+        context=20, d_model=16, num_layers=2, num_heads=2, mlp_dim=32, dropout=0.0,
+        obs_encoder="xy" if env_name == "darkroom" else ""))
     params = init_params(cfg, jax.random.key(3))
     params = jax.tree_util.tree_map_with_path(
         lambda p, x: x * scale if "kernel" in str(p[-1]) or "embed" in str(p[-1]) else x,
         params)
-    save_model(run_dir, cfg, params, env="darkroom", env_overrides={}, source="noise")
+    save_model(run_dir, cfg, params, env=env_name, env_overrides={},
+               source="noise" if env_name == "darkroom" else "ucb")
     return run_dir
 
 

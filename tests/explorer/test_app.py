@@ -28,8 +28,10 @@ def call(url: str, body=None):
 def test_models_and_model_description(server, tiny_run):
     status, r = call(server + "/api/models")
     assert status == 200 and r["default"] == str(tiny_run)
-    assert [m["id"] for m in r["models"]] == [str(tiny_run)]
-    assert r["models"][0]["env"] == "darkroom" and r["models"][0]["label"] == "darkroom-tiny/ad-seed0"
+    bandit = tiny_run.parent.parent / "bandit-tiny" / "ad-seed0"
+    assert [(m["id"], m["env"], m["label"]) for m in r["models"]] == [
+        (str(bandit), "bernoulli-bandit", "bandit-tiny/ad-seed0"),
+        (str(tiny_run), "darkroom", "darkroom-tiny/ad-seed0")]
     status, info = call(server + f"/api/model?id={tiny_run}")
     assert status == 200 and info["kind"] == "darkroom" and info["size"] == 9
     assert len(info["tasks"]) == 16  # every held-out Dark Room goal

@@ -55,12 +55,19 @@ def library_probs(session, stream, t, edits=None):
 
 
 @pytest.fixture(scope="module")
-def page(browser, server, session):
+def page(browser, server, session, tiny_run):
     page = browser.new_page()
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(server + "/")
     wait_version(page, 0)
+    # pick the Dark Room model (the runs folder also holds a bandit model)
+    options = page.locator("#model option").evaluate_all("os => os.map(o => o.value)")
+    assert len(options) == 2 and str(tiny_run) in options
+    v = page.evaluate("window.explorer.version")
+    page.select_option("#model", str(tiny_run))
+    wait_version(page, v)
+    assert page.evaluate("window.explorer.info.kind") == "darkroom"
     yield page
     assert not errors, errors
     page.close()
@@ -125,3 +132,36 @@ def _shot(name: str):
     out = Path(tempfile.gettempdir()) / "explorer-test-shots"
     out.mkdir(exist_ok=True)
     return out / f"{name}.png"
+
+
+def test_draw_a_trajectory_and_move_the_goal_by_clicking_the_grid(page, session):
+    v = page.evaluate("window.explorer.version")
+    page.click("#reset")
+    wait_version(page, v)
+    before = shown(page, session.config)
+    set_step(page, 45)  # in episode 2
+    page.click("#mode-draw")
+    for x, y in [(4, 3), (3, 3), (3, 2)]:
+        page.click(f"#world rect[data-x='{x}'][data-y='{y}']")
+    v = page.evaluate("window.explorer.version")
+    page.click("#draw-done")
+    wait_version(page, v)
+    task = int(page.evaluate("window.explorer.task"))
+    want = session.edit(before["stream"], "splice_drawn", task, episode=2,
+                        cells=[[4, 3], [3, 3], [3, 2]])
+    got = shown(page, session.config)
+    for a, b in zip(got["stream"], want):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(got["stream"].action[0, 40:44], [4, 2, 4, 0])
+    # move the goal: click the mode, then a cell; rewards recomputed for the new goal
+    v = page.evaluate("window.explorer.version")
+    page.click("#mode-goal")
+    page.click("#world rect[data-x='3'][data-y='2']")
+    wait_version(page, v)
+    moved = shown(page, session.config)
+    want = streams.move_goal(want, np.array([3, 2]), session.env)
+    for a, b in zip(moved["stream"], want):
+        np.testing.assert_array_equal(a, b)
+    assert moved["stream"].reward[0, 42] == 1.0  # the drawn path ends on the new goal
+    np.testing.assert_allclose(moved["probs"], library_probs(session, want, moved["step"]),
+                               atol=2e-6)
