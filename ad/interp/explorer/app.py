@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Mount, Route
@@ -88,10 +89,7 @@ def make_app(explorer: Explorer) -> Starlette:
                 body = await request.json() if request.method == "POST" else dict(request.query_params)
             except json.JSONDecodeError as e:
                 return JSONResponse({"error": f"request body is not JSON: {e}"}, 400)
-            try:
-                # the computations are blocking JAX calls: run them off the event loop
-                from starlette.concurrency import run_in_threadpool
-
+            try:  # the computations are blocking JAX calls: run them off the event loop
                 return JSONResponse(await run_in_threadpool(fn, body))
             except (ValueError, KeyError, FileNotFoundError) as e:
                 return JSONResponse({"error": f"{type(e).__name__}: {e}"}, 400)
