@@ -66,6 +66,7 @@ function episodeOf() {
 // ---- actions ------------------------------------------------------------------------------
 async function timed(op, fn) {
   const t0 = performance.now();
+  status(`${op} ...`);  // (the source's episodes take a while the first time: it learns)
   try {
     await fn();
     await new Promise((r) => requestAnimationFrame(() => r()));
