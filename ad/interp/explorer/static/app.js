@@ -278,6 +278,9 @@ function drawCurve() {
   el("line", {x1: m, y1: 8, x2: m, y2: H - m, stroke: "#999"}, svg);
   el("text", {x: W / 2, y: H - 6, "text-anchor": "middle"}, svg, bandit ? "pull (reward, mean of the last 10)" : "episode");
   el("text", {x: 4, y: 16}, svg, ymax.toFixed(1));
+  el("text", {x: 4, y: H - m}, svg, "0");
+  el("text", {x: X(0), y: H - m + 14, "text-anchor": "middle"}, svg, "1");
+  if (n > 1) el("text", {x: X(n - 1), y: H - m + 14, "text-anchor": "middle"}, svg, String(n));
   el("line", {x1: m, y1: Y(opt), x2: W - 8, y2: Y(opt), stroke: "#555", "stroke-dasharray": "4 3"}, svg);
   if (src) el("polyline", {points: src.slice(0, n).map((v, i) => `${X(i)},${Y(v)}`).join(" "), fill: "none", stroke: "#e08a00", "stroke-width": 1.5}, svg);
   if (ad.length) el("polyline", {points: ad.map((v, i) => `${X(i)},${Y(v)}`).join(" "), fill: "none", stroke: "#2a62c9", "stroke-width": 2}, svg);
