@@ -81,3 +81,20 @@ def test_cli_arguments(tmp_path, tiny_run):
         parse_args(["--model", str(tmp_path)])
     with pytest.raises(SystemExit):
         parse_args(["--help"])
+
+
+def test_zoo_models_are_listed_and_loaded_when_the_zoo_offers_them(monkeypatch, tmp_path, tiny_run):
+    """The zoo is optional: without ``list()`` nothing is added; with ``list()`` and
+    ``load()`` its models appear as ``zoo:NAME`` and load through it."""
+    import types
+
+    import ad.zoo
+    from ad.checkpoints import load_model
+
+    assert [e.id for e in engine.discover(tmp_path)] == []  # the zoo has no list() yet
+    monkeypatch.setattr(ad.zoo, "list", lambda: [types.SimpleNamespace(
+        name="tiny-dr", env="darkroom", source="noise")], raising=False)
+    monkeypatch.setattr(ad.zoo, "load", lambda name: load_model(tiny_run), raising=False)
+    found = engine.discover(tmp_path)
+    assert [(e.id, e.env, e.label) for e in found] == [("zoo:tiny-dr", "darkroom", "zoo/tiny-dr")]
+    assert engine.load_any("zoo:tiny-dr").config == load_model(tiny_run).config

@@ -136,6 +136,24 @@ def discover(*roots: str | Path) -> list[ModelEntry]:
     folder that is itself a run counts), then the model zoo's: the checkpoints shipped in
     ``ad/zoo/weights/`` and, if ``ad.zoo`` exposes ``list()``, its catalogue (optional:
     the explorer works without either)."""
+    found = _runs(roots)
+    try:  # the model zoo (another issue); guarded so the explorer never depends on it
+        import ad.zoo as zoo
+
+        shipped = Path(zoo.__file__).parent / "weights"  # checkpoints shipped as package data
+        seen = {e.id for e in found}
+        found += [e for e in _runs([shipped]) if e.id not in seen]
+        for item in zoo.list():
+            name = getattr(item, "name", None) or str(item)
+            found.append(ModelEntry(f"zoo:{name}", str(getattr(item, "env", "?")),
+                                    str(getattr(item, "source", "")), f"zoo/{name}"))
+    except (ImportError, AttributeError, TypeError):
+        pass
+    return found
+
+
+def _runs(roots) -> list[ModelEntry]:
+    """The finished runs under the folders, in path order, each once."""
     import json
 
     found, seen = [], set()
@@ -157,19 +175,6 @@ def discover(*roots: str | Path) -> list[ModelEntry]:
             label = f"{run.parent.name}/{run.name}" if run.parent.name else run.name
             found.append(ModelEntry(str(run), str(meta.get("env", "?")),
                                     str(meta.get("source", "")), label))
-    try:  # the model zoo (another issue); guarded so the explorer never depends on it
-        import ad.zoo as zoo
-
-        shipped = Path(zoo.__file__).parent / "weights"  # checkpoints shipped as package data
-        if shipped.is_dir() and shipped not in map(Path, roots):
-            found += [e for e in discover(shipped) if e.id not in seen]
-
-        for item in zoo.list():
-            name = getattr(item, "name", None) or str(item)
-            found.append(ModelEntry(f"zoo:{name}", str(getattr(item, "env", "?")),
-                                    str(getattr(item, "source", "")), f"zoo/{name}"))
-    except (ImportError, AttributeError, TypeError):
-        pass
     return found
 
 
