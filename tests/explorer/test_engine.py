@@ -21,7 +21,6 @@ from ad.interp.explorer import engine
 
 _forward = jax.jit(hooks.run_with_hooks, static_argnums=1)
 from ad.interp.streams import Stream
-from ad.model import ADTransformer
 from source_agents.history import LearningHistory
 
 

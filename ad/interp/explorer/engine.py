@@ -327,13 +327,7 @@ class ModelSession:
         """The model's inputs for the stream, right-padded to ``length`` steps (padding
         never changes the real steps' logits: the model is causal)."""
         T = np.asarray(stream.action).shape[1]
-        length = length or T
-        pad = length - T
-        padded = Stream(
-            obs=np.pad(np.asarray(stream.obs), [(0, 0), (0, pad)] + [(0, 0)] * (np.ndim(stream.obs) - 2)),
-            action=np.pad(np.asarray(stream.action), [(0, 0), (0, pad)]),
-            reward=np.pad(np.asarray(stream.reward), [(0, 0), (0, pad)]),
-            done=np.pad(np.asarray(stream.done), [(0, 0), (0, pad)]))
+        padded = _pad(stream, (length or T) - T)
         return streams.to_inputs(padded, self.config)
 
     def policy(self, stream: Stream, ablation: Ablation | None = None) -> np.ndarray:
