@@ -98,3 +98,21 @@ def test_zoo_models_are_listed_and_loaded_when_the_zoo_offers_them(monkeypatch, 
     found = engine.discover(tmp_path)
     assert [(e.id, e.env, e.label) for e in found] == [("zoo:tiny-dr", "darkroom", "zoo/tiny-dr")]
     assert engine.load_any("zoo:tiny-dr").config == load_model(tiny_run).config
+
+
+EVERY_HEAD = [[0, 0], [0, 1], [1, 0], [1, 1]]
+
+
+def test_continue_under_an_ablation_also_returns_the_plain_continuation(server, session, tiny_run):
+    stream = walk(session, 3, 10, seed=2)
+    status, v = call(server + "/api/rollout", {
+        "model": str(tiny_run), "task": 3, "episodes": 2, "seed": 5,
+        "context": engine.stream_to_json(stream), "ablation": {"heads": EVERY_HEAD, "mlps": [0, 1]}})
+    assert status == 200 and v["rollout_ablated_from"] == 200
+    ab = engine.Ablation.parse(session.config, heads=EVERY_HEAD, mlps=[0, 1])
+    ablated = session.rollout(3, 2, seed=5, prompt=stream, ablation=ab)
+    plain = session.rollout(3, 2, seed=5, prompt=stream)
+    assert v["stream"] == engine.stream_to_json(ablated)
+    assert v["returns"] == engine.episode_returns(ablated)
+    assert v["returns_plain"] == engine.episode_returns(plain)
+    assert not np.array_equal(ablated.action[:, 200:], plain.action[:, 200:])  # it acts

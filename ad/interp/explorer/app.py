@@ -17,7 +17,9 @@ endpoint is a plain function of its JSON body (easy to test with Starlette's
 A *view* is everything the page draws for a stream: the stream, the model's action
 distribution at every step and at the next one (``policy``; ``policy_ablated`` with
 the ablation), the reference agent's (``reference``), the total-variation distance
-between the two per step (``divergence``), and the episode returns.
+between the two per step (``divergence``), and the episode returns. A rollout that
+continues a context under an ablation also returns the episode returns of the same
+continuation without it (``returns_plain``).
 
 Features (sparse-autoencoder features at the current step) are a later issue: the model
 description carries ``"features": null`` and the page shows the panel only when it is
@@ -117,7 +119,12 @@ def make_app(explorer: Explorer) -> Starlette:
                         int(body.get("seed", 0)), prompt=stream, ablation=ablation)
         out = view(s, new, ablation)
         if not ablation.empty and stream is not None:
+            # the same continuation without the ablation (same key; the same compiled
+            # rollout, since ablations are data): its effect on the in-context curve
+            plain = s.rollout(int(body.get("task", 0)), int(body.get("episodes", 10)),
+                              int(body.get("seed", 0)), prompt=stream)
             out["rollout_ablated_from"] = int(stream.action.shape[1])
+            out["returns_plain"] = engine.episode_returns(plain)
         return out
 
     def edit(body):

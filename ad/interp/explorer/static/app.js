@@ -11,6 +11,7 @@ const S = window.explorer = {
   edited: new Set(),// steps touched by edits (marked on the timeline)
   t: 0, inside: null, mode: null, drawn: [], source: null,
   ablatedEpisodes: new Set(),  // episodes rolled out with the ablation on (red on the curve)
+  plain: null,      // {from, returns}: the last ablated continuation rolled out without it
   latencies: [],    // {op, ms}: click -> updated policy chart, measured in the page
   version: 0,       // bumped whenever the policy chart is redrawn
   busy: 0,
@@ -136,7 +137,7 @@ async function rollout() {
   await timed("rollout", async () => {
     const v = await api("/api/rollout", {...base(), episodes: +$("episodes").value, seed: +$("seed").value});
     S.original = v.stream; S.history = []; S.edited = new Set(); S.source = null;
-    S.ablatedEpisodes = new Set();
+    S.ablatedEpisodes = new Set(); S.plain = null;
     setView(v, v.stream.action.length);
   });
 }
@@ -148,6 +149,7 @@ async function continueRollout(episodes) {
     if (v.rollout_ablated_from !== undefined) {
       const done = S.view.returns.length;
       for (let e = done; e < v.returns.length; e++) S.ablatedEpisodes.add(e);
+      S.plain = {from: done, returns: v.returns_plain};  // the same continuation, no ablation
     }
     setView(v, v.stream.action.length);
   });
@@ -285,6 +287,9 @@ function drawCurve() {
   if (src) el("polyline", {points: src.slice(0, n).map((v, i) => `${X(i)},${Y(v)}`).join(" "), fill: "none", stroke: "#e08a00", "stroke-width": 1.5}, svg);
   if (ad.length) el("polyline", {points: ad.map((v, i) => `${X(i)},${Y(v)}`).join(" "), fill: "none", stroke: "#2a62c9", "stroke-width": 2}, svg);
   S.ablatedEpisodes.forEach((i) => { if (i < ad.length) el("circle", {cx: X(i), cy: Y(ad[i]), r: 2.5, fill: "#d33"}, svg); });
+  const plain = S.plain && (bandit ? smooth(S.plain.returns, 10) : S.plain.returns);
+  if (plain) el("polyline", {points: plain.slice(S.plain.from).map((v, j) => `${X(S.plain.from + j)},${Y(v)}`).join(" "),
+    fill: "none", stroke: "#888", "stroke-dasharray": "3 2", "stroke-width": 1.5}, svg);
   const e = episodeOf()[S.t];
   el("line", {x1: X(e), y1: 8, x2: X(e), y2: H - m, stroke: "#d33", "stroke-opacity": 0.5}, svg);
 }
@@ -421,7 +426,7 @@ $("undo").addEventListener("click", () => timed("undo", async () => {
   const v = await api("/api/view", {...base(), context: S.history.pop()}); setView(v, S.t); }));
 $("reset").addEventListener("click", () => timed("reset", async () => {
   const v = await api("/api/view", {...base(), context: S.original}); S.history = []; S.edited = new Set();
-  S.ablatedEpisodes = new Set(); setView(v, S.t); }));
+  S.ablatedEpisodes = new Set(); S.plain = null; setView(v, S.t); }));
 $("dla-action").addEventListener("change", drawDla);
 document.querySelectorAll("input[name=intervention]").forEach((r) => r.addEventListener("change", () => timed("intervention", refresh)));
 $("load-source").addEventListener("click", () => timed("source", async () => {
