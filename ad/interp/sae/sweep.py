@@ -192,4 +192,6 @@ def _flat(acts: np.ndarray) -> np.ndarray:
 
 def rows_of(out: str | Path, hook: str) -> list[Path]:
     """The saved rows of ``hook`` (paths without suffix)."""
-    return sorted(p.with_suffix("") for p in hook_dir(out, hook).glob("*.json"))
+    return sorted(p.with_suffix("") for p in hook_dir(out, hook).glob("*.json")
+                  if "." not in p.stem and p.stem != "labels"
+                  and p.with_suffix(".msgpack").exists())
