@@ -130,13 +130,13 @@ function hist(f){
 }
 const ARM_COLORS = ['#e6194b','#3cb44b','#4363d8','#f58231','#911eb4','#46f0f0','#f032e6','#bcf60c','#fabebe','#008080'];
 function bandit(c){
-  const cell = 11, w = Math.max(c.actions.length + 1, 2) * cell, arms = c.means.length;
+  const cell = 9, w = 31 * cell, arms = c.means.length;
   let s = `<svg width="${w}" height="${arms*cell + 16}">`;
   c.actions.forEach((a, i) => {
     s += `<rect x="${i*cell}" y="${a*cell}" width="${cell-1}" height="${cell-1}" fill="${c.rewards[i] ? ARM_COLORS[a % 10] : '#fff'}" stroke="${ARM_COLORS[a % 10]}"/>`; });
   const i = c.actions.length;
   s += `<rect x="${i*cell}" y="${c.next*cell}" width="${cell-1}" height="${cell-1}" fill="#000"/>`;
-  s += `<text x="0" y="${arms*cell+12}" font-size="10">means ${c.means.join(' ')}</text></svg>`;
+  s += `<text x="0" y="${arms*cell+12}" font-size="10">arm means ${c.means.join(' ')}</text></svg>`;
   return s;
 }
 function grid(c){
