@@ -222,7 +222,7 @@ def _summary(args) -> None:
     for sweep, metric in zip(args.sweeps, args.metrics):
         sweep = Path(sweep)
         hooks = sorted(p.name for p in sweep.iterdir() if p.is_dir())
-        fig, axes = plt.subplots(2, len(hooks), figsize=(4.2 * len(hooks), 7), squeeze=False)
+        fig, axes = plt.subplots(3, len(hooks), figsize=(4.4 * len(hooks), 10), squeeze=False)
         model_sum = {}
         for j, hook in enumerate(hooks):
             rows = _rows(sweep, hook)
@@ -237,11 +237,20 @@ def _summary(args) -> None:
                     pts = [(a, b) for a, b in pts if b is not None]
                     if pts:
                         axes[1, j].plot(*zip(*pts), marker=marker, label=label)
+                    kl = [(r["l0"], r["kl_recovered_vs_mean"]) for r in sel
+                          if r.get("kl_recovered_vs_mean") is not None]
+                    if kl:
+                        axes[2, j].plot(*zip(*kl), marker=marker, label=label)
             axes[0, j].set(xscale="log", yscale="log", xlabel="L0 (held-out)",
                            ylabel="FVU (held-out)", title=hook)
             axes[1, j].axhline(1.0, color="k", lw=0.5)
             axes[1, j].set(xscale="log", xlabel="L0 (held-out)",
                            ylabel=f"{metric} recovered", title=hook)
+            axes[2, j].axhline(1.0, color="k", lw=0.5)
+            axes[2, j].set(xscale="log", xlabel="L0 (held-out)", ylim=(-0.05, 1.05),
+                           ylabel="action-KL recovered (vs mean abl.)", title=hook)
+            for ax in axes[:, j]:
+                ax.set_xlim(left=0.8)  # dead ReLU settings (L0 << 1) are off the left edge
             best = best_sae(rows)
             lab_path = sweep / hook / "labels.json"
             lab = json.loads(lab_path.read_text()) if lab_path.exists() else None
@@ -269,8 +278,7 @@ def _summary(args) -> None:
             }
         axes[0, 0].legend(fontsize=6)
         name = sweep.name.replace("sweep-", "")
-        fig.suptitle(f"{name}: SAEs on held-out tasks (top: L0 vs FVU; bottom: L0 vs {metric} "
-                     f"recovered relative to mean ablation)")
+        fig.suptitle(f"{name}: SAEs on held-out tasks (closed-loop recovery vs mean ablation)")
         fig.tight_layout()
         fig.savefig(out / f"pareto_{name}.png", dpi=90)
         plt.close(fig)
