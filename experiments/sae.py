@@ -254,8 +254,14 @@ def _summary(args) -> None:
             best = best_sae(rows)
             lab_path = sweep / hook / "labels.json"
             lab = json.loads(lab_path.read_text()) if lab_path.exists() else None
+            ds_files = sorted((sweep / hook).glob("*.downstream.json"))
+            ds = json.loads(ds_files[0].read_text()) if ds_files else None
             model_sum[hook] = {
                 "num_saes": len(rows),
+                "baselines": None if ds is None else {
+                    "raw": ds["closed_loop"]["raw"], "ablation_drop": ds["closed_loop"].get(
+                        "ablation_drop"), "kl_zero": ds["action_kl"]["kl_zero"],
+                    "kl_mean": ds["action_kl"]["kl_mean"], "config": ds["config"]},
                 "best": {k: best.get(k) for k in ("row", "kind", "width", "setting", "l0", "fvu",
                                                   "mse", "cosine", "shrinkage", "dead",
                                                   "dense", "kl_recovered_vs_mean",
