@@ -8,7 +8,8 @@ For one hook and a grid row of SAEs (a stacked ``Splice``), on held-out tasks:
   ``ad.hooks.ablate``), (d) each SAE's reconstruction (``Splice``). Every condition uses
   the same tasks and the same keys. The score per task: bandits — pseudo-regret over the
   pulls (Σ_t max_a μ_a − μ_{a_t}; lower is better) and reward; Dark Room — mean return
-  over episodes 46–55 and 196–205 ("by episode 50 / 200", ``ad.evaluate.by_episode``).
+  over episodes 46–55 and 196–205 ("by episode 50 / 200", ``ad.evaluate.by_episode``'s
+  window, clipped at the last episode).
 * **Recovered** = (SAE − ablation) / (clean − ablation), per ablation, computed on the
   means over tasks and reported only where the ablation's drop is significant (the 95%
   interval of the per-task paired difference clean − ablation excludes 0); raw means
@@ -62,8 +63,8 @@ def task_scores(env, tasks: PyTree, ro) -> dict[str, np.ndarray]:
     curve = ev.episode_curve(ro, episodes)
     out = {"return_all": curve.mean(-1)}
     for k in (50, 200):
-        if episodes >= k + 5:
-            out[f"return_ep{k}"] = curve[:, k - 5:k + 5].mean(-1)
+        if episodes >= k:  # ad.evaluate.by_episode's window, per rollout (clipped at the end)
+            out[f"return_ep{k}"] = curve[:, max(k - 5, 0):min(k + 5, episodes)].mean(-1)
     return out
 
 
