@@ -141,10 +141,10 @@ def _load_rebuilt(entry: Entry, seed: int, step: int, build_dir) -> LoadedModel:
             f"(--out {Path(build_dir or DEFAULT_OUT)})")
     manifest = json.loads((WEIGHTS / "manifest.json").read_text())
     want = manifest["checkpoints"][entry.name][str(seed)][run.name]
-    got = file_digest(run / "model" / "params.msgpack")
+    got = _builtin_list(file_digest(run / "model" / "params.msgpack"))
     if got != want:
-        raise IntegrityError(f"{run}: params hash {got[:16]}… differs from the manifest's "
-                             f"{want[:16]}… (another build: package versions or CPU kind)")
+        raise IntegrityError(f"{run}: params hash {got[1][:16]}… differs from the manifest's "
+                             f"{want[1][:16]}… (another build: package versions or CPU kind)")
     return load_model(run)
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import platform
 import shutil
@@ -174,7 +175,7 @@ class SeedBatches:
 def init_states(config: ModelConfig, optimizer, seeds, window: int) -> TrainState:
     """Stacked train states; seed s as ``ad.train.distill(seed=s)`` initialises it."""
     states = []
-    for seed in seeds:
+    for seed in seeds:  # eager, as distill: a jitted init differs in the last bits
         init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
         states.append(init_train_state(init_params(config, init_key, window), optimizer,
                                        dropout_key))
@@ -309,8 +310,15 @@ def fingerprint_inputs(config: ModelConfig, key: int = 0):
                          prev_reward=jnp.asarray(prev_reward))
 
 
+@functools.lru_cache(maxsize=None)
+def _forward(config: ModelConfig):
+    return jax.jit(lambda params, inputs: ADTransformer(config).apply(
+        {"params": params}, inputs, train=False))
+
+
 def fingerprint(model) -> np.ndarray:
-    return np.asarray(model.apply(fingerprint_inputs(model.config)))
+    """The model's logits on ``fingerprint_inputs`` (2, FINGERPRINT_STEPS, A)."""
+    return np.asarray(_forward(model.config)(model.params, fingerprint_inputs(model.config)))
 
 
 def entry_name(family: str, arch: Arch) -> str:
@@ -318,8 +326,8 @@ def entry_name(family: str, arch: Arch) -> str:
 
 
 def checkpoint_hashes(out_dir: Path, seeds=range(NUM_SEEDS)) -> dict:
-    """``{seed: {step: blake2b of params.msgpack}}`` of every checkpoint under ``out_dir``."""
-    return {str(s): {p.name: file_digest(p / "model" / "params.msgpack")
+    """``{seed: {step: [size, blake2b] of params.msgpack}}`` of every checkpoint."""
+    return {str(s): {p.name: list(file_digest(p / "model" / "params.msgpack"))
                      for p in sorted((out_dir / f"seed{s}").glob("step_*"))}
             for s in seeds}
 
