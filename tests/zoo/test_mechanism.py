@@ -44,6 +44,7 @@ def test_patching_finds_the_designed_head():
     c_in, k_in = _inputs(cfg, pa, clean), _inputs(cfg, pa, corrupt)
     res = patch_sweep(params, cfg, c_in, k_in, "attn.hook_z", "layer_head")
     effect = np.asarray(res.values)[0]  # (H,)
+    print(f"patching effect per head (designed: head {X}): {np.round(effect, 4)}")
     assert res.axes == ("layer", "head")
     np.testing.assert_allclose(effect[X], 1.0, atol=1e-3)
     others = np.delete(effect, X)
@@ -84,4 +85,6 @@ def test_probes_read_each_arm_mean_where_the_weights_write_it():
         assert res.control_score < 0.1, res.control_score
         assert res.embed_score < res.score - 0.3, res.embed_score
         w = np.abs(res.direction)
+        print(f"arm {a}: R2 {res.score:.4f}, shuffled {res.control_score:.4f}, embedding "
+              f"{res.embed_score:.4f}, weight² on u_a {w.max() ** 2 / (w ** 2).sum():.4f}")
         assert int(np.argmax(w)) == lay.readout[a]
