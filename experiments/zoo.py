@@ -153,6 +153,19 @@ def plot_training(entries: dict, families: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def build_times(build_dir: Path) -> dict:
+    """Wall seconds per built configuration, from its files' times: the first checkpoint's
+    directory (written right after the five seeds are initialised) to ``result.json``
+    (after evaluation); training alone is ``train_wall_s`` in the catalogue."""
+    out = {}
+    for result in sorted(Path(build_dir).glob("runs/*/*/result.json")):
+        first = result.parent / "seed0" / "step_00000"
+        if first.exists():
+            out[f"{result.parent.parent.name}/{result.parent.name}"] = \
+                result.stat().st_mtime - first.stat().st_mtime
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m experiments.zoo",
@@ -162,6 +175,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/zoo"),
                         help="folder for catalogue.md, catalogue.png, training.png, "
                              "frontier.json (default docs/zoo)")
+    parser.add_argument("--build-dir", type=Path, default=None,
+                        help="also print each configuration's build wall time (train + "
+                             "evaluate) from the files ad.zoo.build wrote there (its --out)")
     args = parser.parse_args(argv)
     entries, families, hand = load_catalogue()
     front = frontier(entries, families)
@@ -176,6 +192,12 @@ def main(argv=None) -> int:
               + (f"smallest passing {s['name']} ({s['num_params']} params, regret "
                  f"{s['mean_regret']:.2f})" if s else "none passes the bar"))
     print(f"wrote {args.out}/catalogue.md, catalogue.png, training.png, frontier.json")
+    if args.build_dir is not None:
+        times = {k: v for k, v in build_times(args.build_dir).items() if k in entries}
+        for name, sec in times.items():
+            print(f"  {name}: built in {sec / 60:.1f} min (training {entries[name]['train_wall_s'] / 60:.1f})")
+        print(f"shipped configurations: built in {sum(times.values()) / 60:.0f} min in all "
+              f"(a shared 2-core machine; plus ~15 s of collection per family)")
     return 0
 
 

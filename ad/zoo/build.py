@@ -524,6 +524,11 @@ def main(argv=None) -> int:
                         help="rebuild the named configuration(s) and compare every checkpoint's "
                              "hash with ad/zoo/weights/manifest.json (ships nothing)")
     args = parser.parse_args(argv)
+    known = {a.name for fam in (args.family or CATALOGUE) for a in CATALOGUE[fam]}
+    unknown = sorted(set(args.only or ()) - known)
+    if unknown:
+        parser.error(f"--only: no configuration {unknown} in {args.family or list(CATALOGUE)}; "
+                     f"catalogued: {sorted(known)}")
     if args.verify:
         bad = []
         for fam in args.family or list(CATALOGUE):
