@@ -25,7 +25,7 @@ import numpy as np
 
 OBS_ENCODERS = ("cell", "xy", "discrete", "minigrid")
 TOKEN_LAYOUTS = ("step", "oar")
-POSITIONS = ("rope", "alibi")
+POSITIONS = ("rope", "alibi", "none")
 DTYPES = ("float32", "bfloat16")
 ACTIVATIONS = ("gelu", "relu")
 ATTENTION_IMPLS = ("auto", "dense", "blocked")
@@ -45,12 +45,17 @@ class ArchConfig:
     d_model: int = 64  # residual stream width
     num_layers: int = 2  # transformer blocks
     num_heads: int = 4  # attention heads; d_model must be divisible by it
-    mlp_dim: int = 256  # hidden width of each MLP
+    mlp_dim: int = 256  # hidden width of each MLP; 0 = attention-only (no MLP: the
+    #   block's MLP output is exactly zero and mlp_out has no bias; the model zoo's
+    #   attention-only organisms, ad/zoo). Its hooks stay, 0 neurons wide
     dropout: float = 0.1  # dropout on embeddings, attention output and MLP output
     attn_dropout: float = 0.0  # dropout on attention probabilities (the paper: 0.5)
     token_mask_prob: float = 0.0  # P(replace a step's/token's input by the mask embedding)
     token_layout: str = "step"  # "step" (1 token/step) or "oar" (the paper's 3 tokens/step)
-    positions: str = "rope"  # "rope" (rotary q/k) or "alibi" (linear distance biases)
+    positions: str = "rope"  # "rope" (rotary q/k) or "alibi" (linear distance biases);
+    #   "none": no position signal, attention sees the band as a set. Added for the zoo's
+    #   hand-built models (ad/zoo/handbuilt.py): their per-arm averages must not depend on
+    #   where a pull sits in the band, which RoPE's rotation and ALiBi's bias would impose
     rope_base: float = 10000.0  # RoPE frequency base
     activation: str = "gelu"  # MLP nonlinearity: "gelu" (tanh approximation) or "relu"
     dtype: str = "float32"  # matmul compute dtype; params, softmax, logits stay float32
@@ -69,8 +74,9 @@ class ArchConfig:
     def __post_init__(self):
         for name in ("d_model", "num_layers", "num_heads", "mlp_dim", "context"):
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{type(self).__name__}.{name} must be an int >= 1, got "
+            low = 0 if name == "mlp_dim" else 1  # mlp_dim 0: attention-only
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{type(self).__name__}.{name} must be an int >= {low}, got "
                                  f"{value!r}")
         valid_encoders = OBS_ENCODERS if type(self) is ModelConfig else ("",) + OBS_ENCODERS
         for name, valid in (("obs_encoder", valid_encoders), ("token_layout", TOKEN_LAYOUTS),

@@ -157,9 +157,10 @@ def attention_bias(cfg: ModelConfig, T: int, valid=None) -> AttentionBias:
 # ----------------------------------------------------------------------------------------
 # Modules
 # ----------------------------------------------------------------------------------------
-def _dense(features: int, cfg: ModelConfig, name: str, std: float = 0.02) -> nn.Dense:
+def _dense(features: int, cfg: ModelConfig, name: str, std: float = 0.02,
+           use_bias: bool = True) -> nn.Dense:
     return nn.Dense(features, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
-                    kernel_init=nn.initializers.normal(std), name=name)
+                    kernel_init=nn.initializers.normal(std), use_bias=use_bias, name=name)
 
 
 class ObsEncoder(nn.Module):
@@ -265,7 +266,11 @@ class Block(nn.Module):
         self.attn_out = _dense(cfg.d_model, cfg, "attn_out",
                                0.02 / math.sqrt(2 * cfg.num_layers))
         self.mlp_in = _dense(cfg.mlp_dim, cfg, "mlp_in")
-        self.mlp_out = _dense(cfg.d_model, cfg, "mlp_out", 0.02 / math.sqrt(2 * cfg.num_layers))
+        # mlp_dim 0 (attention-only): zero-width MLP, and no output bias, so the MLP adds
+        # exactly zero while every hook and tool still finds its modules (ln2's scale and
+        # bias then reach nothing: 2d dead parameters, kept so the tree keeps its shape)
+        self.mlp_out = _dense(cfg.d_model, cfg, "mlp_out", 0.02 / math.sqrt(2 * cfg.num_layers),
+                              use_bias=cfg.mlp_dim > 0)
 
     def _act(self, h):
         return nn.gelu(h, approximate=True) if self.config.activation == "gelu" else nn.relu(h)
