@@ -131,6 +131,32 @@ def source_histories(subject: Subject, key_offset: int = 7):
     return Stream.from_history(history), curve
 
 
+def episode_length(stream: Stream) -> int:
+    """The one episode length of a stream whose episodes all last the same number of steps
+    (bandits: 1 pull; Dark Room: its horizon); refuses others."""
+    done = np.asarray(stream.done, bool)
+    ends = [np.flatnonzero(row) for row in done]
+    lengths = {int(x) for e in ends for x in np.diff(np.concatenate([[-1], e]))}
+    if len(lengths) != 1 or any(e[-1] != done.shape[1] - 1 for e in ends):
+        raise ValueError(f"needs whole episodes of one length, got lengths {sorted(lengths)[:5]}")
+    return lengths.pop()
+
+
+def take_episodes(stream: Stream, order: np.ndarray) -> Stream:
+    """Row ``b`` made of its own episodes ``order[b]`` (B, E') in that order — the same
+    transitions, another order or a subset — for streams of whole, equal-length episodes."""
+    H = episode_length(stream)
+    B, T = stream.action.shape
+    order = np.asarray(order)
+    idx = (order[:, :, None] * H + np.arange(H)).reshape(B, -1)  # (B, E' * H) step indices
+
+    def take(x):
+        x = np.asarray(x)
+        return np.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+    return jax.tree.map(take, stream)
+
+
 # ----------------------------------------------------------------------------------------
 # Policy quality and improvement
 # ----------------------------------------------------------------------------------------

@@ -49,3 +49,17 @@ def test_config_refuses_an_unknown_subject_and_a_missing_model(tmp_path):
         C.StudyConfig(subject="key-to-door")
     with pytest.raises(FileNotFoundError, match="no finished model"):
         C.StudyConfig(subject="bandit", runs=str(tmp_path)).run_dirs()
+
+
+def test_take_episodes_reorders_whole_episodes():
+    from ad.interp.streams import Stream
+
+    obs = np.arange(0, 12, 2).reshape(1, 6, 1) * np.ones((1, 6, 2), int)
+    s = Stream(obs=obs, action=np.arange(6)[None], reward=np.arange(6.)[None] / 10,
+               done=np.array([[False, True] * 3]))
+    r = C.take_episodes(s, np.array([[2, 0]]))
+    np.testing.assert_array_equal(r.action, [[4, 5, 0, 1]])
+    np.testing.assert_array_equal(r.obs[0, :, 0], [8, 10, 0, 2])
+    np.testing.assert_array_equal(r.done, [[False, True, False, True]])
+    with pytest.raises(ValueError, match="one length"):
+        C.episode_length(s._replace(done=np.array([[True, True, False, True, False, True]])))
