@@ -115,10 +115,11 @@ def load_subject(config: StudyConfig) -> Subject:
     return Subject(config, models, env, tasks, per_task)
 
 
-def source_histories(subject: Subject, key_offset: int = 7):
+def source_histories(subject: Subject, key_offset: int = 7, subsample: bool = True):
     """The source learning every held-out task from scratch (``experiments.run``'s call),
-    as a ``Stream`` in the form the model was trained on (Dark Room: every k-th episode),
-    and the source's per-episode returns before subsampling (N, E)."""
+    as a ``Stream`` in the form the model was trained on (Dark Room: every k-th episode;
+    ``subsample=False``: every episode), and the source's per-episode returns before
+    subsampling (N, E)."""
     setting = subject.config.setting
     source = source_agents.get(setting.source)
     source_config = source_agents.make_config(source, setting.env, **setting.source_overrides)
@@ -126,7 +127,7 @@ def source_histories(subject: Subject, key_offset: int = 7):
                              key_offset)
     history, curve = ev.source_learning(source, source_config, subject.env, subject.tasks, key)
     history = jax.tree.map(np.asarray, history)
-    if setting.subsample_every > 1:
+    if subsample and setting.subsample_every > 1:
         history = subsample_episodes(history, setting.subsample_every)
     return Stream.from_history(history), curve
 
@@ -181,6 +182,16 @@ def quality(subject: Subject, stream: Stream, pi: np.ndarray) -> np.ndarray:
     optimal = np.asarray(darkroom_optimal_actions(np.asarray(stream.obs), goal,
                                                   subject.env.size))
     return (pi * optimal).sum(-1)
+
+
+def reference_policy(agent, stream: Stream) -> np.ndarray:
+    """(B, T, A) a reference agent's policy on the same stream: the argmax of its values
+    (``ad.interp.agents.along_stream``), ties sharing the probability."""
+    from ad.interp.agents import along_stream
+
+    v = np.asarray(along_stream(agent, stream.obs, stream.action, stream.reward, stream.done))
+    best = v >= v.max(-1, keepdims=True)
+    return best / best.sum(-1, keepdims=True)
 
 
 def per_episode(values: np.ndarray, done: np.ndarray, num_episodes: int) -> np.ndarray:

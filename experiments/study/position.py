@@ -27,6 +27,7 @@ import time
 import jax
 import numpy as np
 
+from ad.interp.agents import UCB1, GoalPosterior
 from ad.plots import plot_curves
 from experiments.study import common as C
 
@@ -64,6 +65,12 @@ def run(config: C.StudyConfig, force: bool = False) -> dict:
     stream = jax.tree.map(lambda x: np.asarray(x)[:, :E * H], stream)
     rpt = subject.rollouts_per_task
     conds = orders(subject, E)
+    agent = UCB1(subject.env.num_actions) if subject.bandit else GoalPosterior(subject.env.size)
+    reference = {}  # the content prediction: the reference agent on the same edited stream
+    for c, order in conds.items():
+        edited = C.take_episodes(stream, order)
+        q = C.quality(subject, edited, C.reference_policy(agent, edited))
+        reference[c] = C.per_episode(q, edited.done, order.shape[1])
     curves = {c: [] for c in conds}
     last_q = {c: [] for c in conds}
     last_tv = {c: [] for c in conds}
@@ -99,7 +106,20 @@ def run(config: C.StudyConfig, force: bool = False) -> dict:
             "first5_minus_original_per_seed_over_tasks": [C.over_tasks(x) for x in early_diff],
             "first5_minus_original_over_seeds": C.over_seeds([x.mean() for x in early_diff]),
             "curve": C.curve_stats(np.concatenate(cs)),
+            "reference_curve": C.curve_stats(reference[c]),
         }
+        if c != "original" and c != "shifted":
+            # how far the model's curve is from each reading's prediction: the reference
+            # agent on the same reordered stream (content) or the model's own curve on the
+            # original order at the same position (position); mean |gap| per task
+            content = [np.abs(x - reference[c]).mean(1) for x in cs]
+            pos = [np.abs(x - o).mean(1) for x, o in zip(cs, curves["original"])]
+            entry["gap_to_content_prediction_over_seeds"] = C.over_seeds(
+                [per_task(x).mean() for x in content])
+            entry["gap_to_position_prediction_over_seeds"] = C.over_seeds(
+                [per_task(x).mean() for x in pos])
+            entry["content_minus_position_gap_per_seed_over_tasks"] = [
+                C.over_tasks(per_task(a - b)) for a, b in zip(content, pos)]
         if subject.bandit and c != "shifted":
             d = [per_task(q - b) for q, b in zip(last_q[c], last_q["original"])]
             entry["last_position_minus_original_per_seed_over_tasks"] = [C.over_tasks(x) for x in d]
@@ -108,8 +128,12 @@ def run(config: C.StudyConfig, force: bool = False) -> dict:
                 [np.mean(x) for x in last_tv[c]])
         results["conditions"][c] = entry
     _, png = C.output_paths(EXPERIMENT, config)
-    plot_curves({"held-out source histories, reordered": {
+    ref_name = "UCB1" if subject.bandit else "goal-posterior agent"
+    plot_curves({"the model": {
         c: {"mean": v["curve"]["mean"], "ci": v["curve"]["ci95"]}
+        for c, v in results["conditions"].items()},
+        f"{ref_name} on the same streams (content prediction)": {
+        c: {"mean": v["reference_curve"]["mean"], "ci": v["reference_curve"]["ci95"]}
         for c, v in results["conditions"].items()}}, png,
         xlabel="pull" if subject.bandit else "episode (kept every 8th)",
         ylabel=results["metric"],
@@ -125,6 +149,10 @@ def print_summary(record: dict) -> None:
     for c, v in r["conditions"].items():
         line = (f"  {c:9s} improvement {C.fmt(v['improvement_over_seeds'])}\n"
                 f"  {'':9s} first 5 minus original {C.fmt(v['first5_minus_original_over_seeds'])}")
+        if "gap_to_content_prediction_over_seeds" in v:
+            line += (f"\n  {'':9s} mean |gap| to content prediction "
+                     f"{C.fmt(v['gap_to_content_prediction_over_seeds'])}, to position prediction "
+                     f"{C.fmt(v['gap_to_position_prediction_over_seeds'])}")
         if "last_position_minus_original_over_seeds" in v:
             line += (f"\n  {'':9s} last position minus original "
                      f"{C.fmt(v['last_position_minus_original_over_seeds'])}, TV "
