@@ -2,8 +2,8 @@
 
     python -m experiments.study --runs /work/tut/runs            # = python -m experiments.study.all
 
-Runs experiments 1 (rewards), 3 (position), 2 (information) and 8 (exploration) on each
-subject; a finished result of the same experiment, config and models
+Runs experiments 1 (rewards), 3 (position), 2 (information), 8 (exploration) on each
+subject and 6 (goal_switch) on Dark Room; a finished result of the same experiment, config and models
 (``<out>/<experiment>-<subject>.json`` with the same ``evaluation_key``) is reused, so an
 interrupted run resumes where it stopped. ``--only`` picks experiments; each one's own
 command (``python -m experiments.study.<name> --help``) says what it measures.
@@ -15,10 +15,11 @@ import sys
 import time
 
 from experiments.study import common as C
-from experiments.study import exploration, information, position, rewards
+from experiments.study import exploration, goal_switch, information, position, rewards
 
 EXPERIMENTS = {"rewards": rewards, "position": position, "information": information,
-               "exploration": exploration}
+               "exploration": exploration, "goal_switch": goal_switch}
+ONLY = {"goal_switch": ("darkroom",)}  # experiments without a bandit analogue
 
 
 def main(argv=None) -> int:
@@ -31,6 +32,8 @@ def main(argv=None) -> int:
     for name in args.only:
         module = EXPERIMENTS[name]
         for config in C.configs_from(args):
+            if config.subject not in ONLY.get(name, (config.subject,)):
+                continue
             record = module.run(config, force=args.force)
             module.print_summary(record)
             done.append((name, config.subject, record.get("wall_s", 0.0)))
