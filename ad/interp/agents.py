@@ -16,8 +16,10 @@ an env (argmax of its values, ties broken uniformly at random), one jitted scan 
 over tasks like ``ad.evaluate.policy_rollout``.
 
 Bandits (the rewards are in [0, 1]; the state is ``source_agents.bandits.ArmStats``):
-``UCB1`` (``source_agents.bandits.ucb_index``: the source's own arithmetic), ``Greedy``
-(empirical means, untried arms first) and ``Uniform`` (the floor). Dark Room:
+``UCB1`` (``source_agents.bandits.ucb_index``: the source's own arithmetic), ``Thompson``
+(Beta(1, 1) posteriors; its values are log action probabilities), ``Gittins`` (the
+Bayes-optimal index for a stated discount, ``gittins_table``), ``Greedy`` (empirical
+means, untried arms first) and ``Uniform`` (the floor). Dark Room:
 ``GoalPosterior``, the exact Bayes agent for a goal that is uniform over the cells not yet
 ruled out: a step that ends on a cell and pays 0 rules that cell out, a step that pays
 reveals the goal; it walks a shortest path to the goal once it is known, otherwise to the
@@ -30,6 +32,7 @@ which is also the goal-posterior agent's choice once the goal is found.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -86,6 +89,80 @@ class Greedy:
     def values(self, state: ArmStats, obs) -> jax.Array:
         mean = state.sums / jnp.maximum(state.counts, 1.0)
         return jnp.where(state.counts == 0, UNTRIED, mean)
+
+    update = staticmethod(_update_stats)
+
+
+@dataclasses.dataclass(frozen=True)
+class Thompson:
+    """Thompson sampling with independent Beta(1, 1) priors (the ``thompson`` source). It is
+    a stochastic policy: its values are the log-probabilities of each arm being the
+    largest posterior draw, estimated from ``samples`` draws (a fixed key per step, so the
+    values are deterministic given the stream); ``softmax(values)`` is its policy."""
+
+    num_arms: int
+    samples: int = 1024
+
+    def init(self, n: int) -> ArmStats:
+        return ArmStats(jnp.zeros((n, self.num_arms)), jnp.zeros((n, self.num_arms)))
+
+    def values(self, state: ArmStats, obs) -> jax.Array:
+        alpha, beta = 1.0 + state.sums, 1.0 + state.counts - state.sums  # (n, K)
+        key = jax.random.fold_in(jax.random.key(0), state.counts.sum().astype(jnp.int32))
+        draws = jax.random.beta(key, alpha, beta, (self.samples,) + alpha.shape)  # (S, n, K)
+        freq = jax.nn.one_hot(draws.argmax(-1), self.num_arms).mean(0)  # (n, K)
+        return jnp.log(freq + 0.5 / self.samples)  # never -inf: half a draw's mass
+
+    update = staticmethod(_update_stats)
+
+
+@functools.lru_cache(maxsize=8)
+def gittins_table(discount: float, max_pulls: int = 128, depth: int = 256,
+                  grid: int = 4001) -> np.ndarray:
+    """Gittins indices of a Bernoulli arm with a Beta(a, b) posterior, ``table[a, b]`` for
+    ``a, b >= 1``, ``a + b - 2 <= max_pulls`` (NaN elsewhere), by calibration: the index is
+    the smallest retirement reward ``lam`` per step (on a grid of ``grid`` values in
+    [0, 1]) at which retiring forever, ``lam / (1 - discount)``, is worth as much as
+    pulling once more and continuing optimally. The dynamic program runs backwards from
+    ``depth`` pulls, where the continuation is taken as retiring at the better of ``lam``
+    and the posterior mean (error below ``discount ** depth``)."""
+    if not 0 < discount < 1:
+        raise ValueError(f"gittins_table: discount must be in (0, 1), got {discount}")
+    lam = np.linspace(0.0, 1.0, grid)[:, None]  # (G, 1)
+    retire = lam / (1 - discount)
+    table = np.full((max_pulls + 2, max_pulls + 2), np.nan)
+    # states at n pulls: a = 1 .. n + 1 successes + 1, b = n + 2 - a
+    a = np.arange(1, depth + 2)
+    p = a / (depth + 2)
+    value = np.maximum(retire, np.maximum(lam, p[None]) / (1 - discount))  # (G, depth + 1)
+    for n in range(depth - 1, -1, -1):
+        a = np.arange(1, n + 2)
+        p = (a / (n + 2))[None]
+        cont = p * (1 + discount * value[:, 1:n + 2]) + (1 - p) * discount * value[:, :n + 1]
+        if n <= max_pulls:
+            stop = retire >= cont  # (G, n + 1): retiring is optimal at this lam
+            index = lam[stop.argmax(0), 0]
+            table[a, n + 2 - a] = index
+        value = np.maximum(retire, cont)
+    return table
+
+
+@dataclasses.dataclass(frozen=True)
+class Gittins:
+    """The Bayes-optimal index policy for discounted Bernoulli bandits (Beta(1, 1) priors):
+    each arm's Gittins index at the stated ``discount`` (``gittins_table``)."""
+
+    num_arms: int
+    discount: float = 0.9
+
+    def init(self, n: int) -> ArmStats:
+        return ArmStats(jnp.zeros((n, self.num_arms)), jnp.zeros((n, self.num_arms)))
+
+    def values(self, state: ArmStats, obs) -> jax.Array:
+        table = jnp.asarray(gittins_table(self.discount), jnp.float32)
+        a = (1 + state.sums).astype(jnp.int32)
+        b = (1 + state.counts - state.sums).astype(jnp.int32)
+        return table[a, b]
 
     update = staticmethod(_update_stats)
 

@@ -3,7 +3,7 @@
     python -m experiments.study --runs /work/tut/runs            # = python -m experiments.study.all
 
 Runs experiments 1 (rewards), 3 (position), 2 (information), 8 (exploration) on each
-subject and 6 (goal_switch) on Dark Room; a finished result of the same experiment, config and models
+subject, 6 (goal_switch) on Dark Room and 4 (fingerprint) on each; a finished result of the same experiment, config and models
 (``<out>/<experiment>-<subject>.json`` with the same ``evaluation_key``) is reused, so an
 interrupted run resumes where it stopped. ``--only`` picks experiments; each one's own
 command (``python -m experiments.study.<name> --help``) says what it measures.
@@ -15,10 +15,12 @@ import sys
 import time
 
 from experiments.study import common as C
-from experiments.study import exploration, goal_switch, information, position, rewards
+from experiments.study import (exploration, fingerprint, goal_switch, information, position,
+                               rewards)
 
 EXPERIMENTS = {"rewards": rewards, "position": position, "information": information,
-               "exploration": exploration, "goal_switch": goal_switch}
+               "exploration": exploration, "goal_switch": goal_switch,
+               "fingerprint": fingerprint}
 ONLY = {"goal_switch": ("darkroom",)}  # experiments without a bandit analogue
 
 

@@ -93,3 +93,26 @@ def test_uniform_agent_is_uniform():
     ro = A.agent_rollout(A.Uniform(env.num_actions), env, tasks, jax.random.key(1), 25)
     freq = np.bincount(np.asarray(ro.action).ravel(), minlength=5) / 10_000
     np.testing.assert_allclose(freq, 0.2, atol=0.02)  # 5 SE of 10,000 draws
+
+
+def test_gittins_index_matches_the_published_table_and_its_limits():
+    """Gittins' tables give 0.7029 for a Beta(1, 1) arm at discount 0.9; the index exceeds
+    the posterior mean (the value of information) and falls to it as the discount -> 0."""
+    g = A.gittins_table(0.9, max_pulls=8, depth=160, grid=4001)
+    assert abs(g[1, 1] - 0.7029) < 5e-4
+    for a, b in [(1, 1), (2, 1), (1, 3), (4, 5)]:
+        assert g[a, b] > a / (a + b)
+        assert g[a + 1, b] > g[a, b] > g[a, b + 1]
+    myopic = A.gittins_table(1e-4, max_pulls=8, depth=20, grid=4001)
+    for a, b in [(1, 1), (2, 1), (1, 3), (4, 5)]:
+        assert abs(myopic[a, b] - a / (a + b)) < 5e-4
+
+
+def test_thompson_values_are_its_action_probabilities():
+    """One arm pulled 20 times with 20 rewards, the other 20 times with none: Thompson picks
+    the first almost surely; with no data both are equally likely."""
+    agent = A.Thompson(2, samples=4000)
+    stats = A.ArmStats(jnp.array([[20.0, 20.0], [0.0, 0.0]]), jnp.array([[20.0, 0.0], [0.0, 0.0]]))
+    p = np.exp(np.asarray(agent.values(stats, None)))
+    np.testing.assert_allclose(p[0], [1, 0], atol=1e-3)
+    np.testing.assert_allclose(p[1], [0.5, 0.5], atol=0.03)  # > 4 SE of 4,000 draws
