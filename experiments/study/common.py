@@ -325,3 +325,16 @@ def fmt(s: dict) -> str:
     """'mean ± ci (per seed a, b, c)' for an ``over_seeds`` dict."""
     per = ", ".join(f"{v:+.3f}" for v in s["per_seed"])
     return f"{s['mean']:+.3f} ± {s['ci95']:.3f} (seeds: {per})"
+
+
+def main(module, argv=None, subjects=SUBJECTS) -> int:
+    """One experiment's command: ``module`` has ``EXPERIMENT``, ``run(config, force)`` and
+    ``print_summary(record)``; its docstring is the ``--help``."""
+    p = parser(f"python -m experiments.study.{module.EXPERIMENT}", module.__doc__)
+    p.set_defaults(subjects=list(subjects))
+    args = p.parse_args(argv)
+    for config in configs_from(args):
+        record = module.run(config, force=args.force)
+        module.print_summary(record)
+        print("wrote", *output_paths(module.EXPERIMENT, config))
+    return 0

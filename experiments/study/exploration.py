@@ -180,15 +180,5 @@ def print_summary(record: dict) -> None:
                   f"{C.fmt(v['model_minus_this_coverage_after_100'])}")
 
 
-def main(argv=None) -> int:
-    p = C.parser("python -m experiments.study.exploration", __doc__)
-    args = p.parse_args(argv)
-    for config in C.configs_from(args):
-        record = run(config, force=args.force)
-        print_summary(record)
-        print("wrote", *C.output_paths(EXPERIMENT, config))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(C.main(sys.modules[__name__]))

@@ -217,15 +217,5 @@ def print_summary(record: dict) -> None:
             f"{k} {v['mean']:.1f}" for k, v in r["agents_own_pseudo_regret_100"].items()))
 
 
-def main(argv=None) -> int:
-    p = C.parser("python -m experiments.study.fingerprint", __doc__)
-    args = p.parse_args(argv)
-    for config in C.configs_from(args):
-        record = run(config, force=args.force)
-        print_summary(record)
-        print("wrote", *C.output_paths(EXPERIMENT, config))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(C.main(sys.modules[__name__]))

@@ -162,16 +162,5 @@ def print_summary(record: dict) -> None:
         f"{k} {C.fmt(v)}" for k, v in r["episodes_ending_on_old_goal"].items()))
 
 
-def main(argv=None) -> int:
-    p = C.parser("python -m experiments.study.goal_switch", __doc__)
-    p.set_defaults(subjects=["darkroom"])
-    args = p.parse_args(argv)
-    for config in C.configs_from(args):
-        record = run(config, force=args.force)
-        print_summary(record)
-        print("wrote", *C.output_paths(EXPERIMENT, config))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(C.main(sys.modules[__name__], subjects=("darkroom",)))

@@ -186,15 +186,5 @@ def print_summary(record: dict) -> None:
               ", ".join(f"{c} {x:.2f}" for c, x in r["prompt_mean_return"].items()))
 
 
-def main(argv=None) -> int:
-    p = C.parser("python -m experiments.study.information", __doc__)
-    args = p.parse_args(argv)
-    for config in C.configs_from(args):
-        record = run(config, force=args.force)
-        print_summary(record)
-        print("wrote", *C.output_paths(EXPERIMENT, config))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(C.main(sys.modules[__name__]))

@@ -1,0 +1,55 @@
+"""The study's experiment-specific measures, by hand, and every command's --help."""
+
+import importlib
+
+import numpy as np
+import pytest
+
+from experiments.study import common as C
+from experiments.study import exploration, fingerprint, goal_switch, information
+
+
+def test_coverage_and_steps_to_goals_by_hand():
+    # from the centre (4, 4): right, right, left, no-op  -> cells (5,4), (6,4), (5,4), (5,4)
+    obs = np.array([[[4, 4], [5, 4], [6, 4], [5, 4]]])
+    action = np.array([[1, 1, 2, 0]])
+    np.testing.assert_array_equal(exploration.coverage(obs, action, 9), [[2, 3, 3, 3]])
+    goals = np.array([[6, 4], [5, 4], [0, 0]])
+    np.testing.assert_array_equal(exploration.steps_to_goals(obs, action, goals, 9), [[2, 1, 5]])
+
+
+def test_ending_with_first_reach():
+    returns = np.array([[0, 0, 0, 0, 0, 0, 3, 5], [0, 2, 0, 0, 0, 0, 0, 0], [0] * 8])
+    idx, found = information.ending_with_first_reach(returns, k=5)
+    np.testing.assert_array_equal(idx[0], [2, 3, 4, 5, 6])  # ends with episode 6
+    np.testing.assert_array_equal(idx[1], [0, 1, 2, 3, 4])  # first reach before the 5th
+    np.testing.assert_array_equal(found, [True, True, False])
+
+
+def test_recovery_is_the_first_episode_at_half_the_optimum():
+    curve = np.array([[0, 5, 9, 12, 2], [0, 0, 0, 0, 0]], float)
+    np.testing.assert_array_equal(goal_switch.recovery(curve, np.array([20.0, 20.0])), [4, 6])
+
+
+def test_fit_temperature_recovers_the_temperature_that_made_the_policy():
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(50, 40, 5))
+    T = fingerprint.TEMPERATURES[37]
+    pi = np.exp(fingerprint.log_softmax(values, T))
+    assert fingerprint.fit_temperature(values, pi) == pytest.approx(T)
+
+
+@pytest.mark.parametrize("name", ["rewards", "position", "information", "exploration",
+                                  "goal_switch", "fingerprint"])
+def test_every_command_explains_itself(name, capsys):
+    module = importlib.import_module(f"experiments.study.{name}")
+    with pytest.raises(SystemExit) as exit_:
+        C.main(module, ["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert f"python -m experiments.study.{name}" in out and "--runs" in out
+
+
+def test_the_goal_switch_refuses_a_bandit():
+    with pytest.raises(ValueError, match="Dark Room only"):
+        goal_switch.run(C.StudyConfig(subject="bandit"))
