@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
+import pickle
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,7 +30,7 @@ from ad.checkpoints import LoadedModel, load_model
 from ad.integrity import json_digest
 from ad.interp.agents import darkroom_optimal_actions
 from ad.interp.streams import Stream, to_inputs
-from ad.utils import atomic_write_text, provenance
+from ad.utils import atomic_write_bytes, atomic_write_text, provenance
 from experiments.collect import subsample_episodes
 from experiments.run import _cached_evaluation, improvement
 from experiments.settings import Setting, get_setting
@@ -47,6 +49,7 @@ class StudyConfig:
     tasks: int = 300  # bandits: held-out tasks (Dark Room: all 16 held-out goals)
     rollouts_per_task: int = 8  # Dark Room: rollouts per held-out goal
     key: int = 1234  # experiments.run's evaluation seed: the same held-out tasks
+    cache: str = ""  # a folder for per-seed rollouts and policies ("" = none); not part of a result's identity
 
     def __post_init__(self):
         if self.subject not in SUBJECTS:
@@ -125,7 +128,9 @@ def source_histories(subject: Subject, key_offset: int = 7, subsample: bool = Tr
     source_config = source_agents.make_config(source, setting.env, **setting.source_overrides)
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(subject.config.key), 0),
                              key_offset)
-    history, curve = ev.source_learning(source, source_config, subject.env, subject.tasks, key)
+    history, curve = memo(subject.config, "source", repr(source_config),
+                          (subject.tasks, key), lambda: ev.source_learning(
+                              source, source_config, subject.env, subject.tasks, key))
     history = jax.tree.map(np.asarray, history)
     if subsample and setting.subsample_every > 1:
         history = subsample_episodes(history, setting.subsample_every)
@@ -159,17 +164,76 @@ def take_episodes(stream: Stream, order: np.ndarray) -> Stream:
 
 
 # ----------------------------------------------------------------------------------------
+# Per-seed memo: a rollout or a policy computed once per model and input
+# ----------------------------------------------------------------------------------------
+def _digest(*parts) -> str:
+    """blake2b of the bytes of arrays (pytrees), strings and numbers, in order."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        for leaf in jax.tree.leaves(part):
+            if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype,
+                                                                     jax.dtypes.prng_key):
+                leaf = jax.random.key_data(leaf)
+            a = np.asarray(leaf)
+            h.update(f"{a.dtype}{a.shape}".encode())
+            h.update(a.tobytes())
+        h.update(repr(type(part)).encode() if part is None else b"|")
+    return h.hexdigest()
+
+
+def model_id(model: LoadedModel) -> str:
+    """A trained model's identity for ``memo``: its folder, and its weights' size and time."""
+    params = Path(model.run_dir) / "model" / "params.msgpack"
+    st = params.stat()
+    return f"{model.run_dir}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def memo(config: StudyConfig, what: str, owner: str, inputs: tuple, fn):
+    """``fn()`` once per (owner, inputs) — ``owner`` names the model (``model_id``) or
+    source — kept in ``config.cache`` (a pickle per result, written atomically) so a run
+    over more seeds recomputes only the new ones."""
+    if not config.cache:
+        return fn()
+    path = Path(config.cache) / f"{what}-{_digest(owner, what, *inputs)}.pkl"
+    if path.exists():
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    out = jax.tree.map(np.asarray, fn())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, pickle.dumps(out))
+    return out
+
+
+def rollout(subject: Subject, model: LoadedModel, tasks, key, num_steps: int, *,
+            feedback=None, prompt=None, record_policy: bool = False):
+    """``ad.evaluate.ad_rollout`` of one model, memoised per seed (``memo``)."""
+    def fn():
+        return ev.ad_rollout(model.params, model.config, subject.env, tasks, key, num_steps,
+                             prompt=prompt, record_policy=record_policy, feedback=feedback)
+
+    return memo(subject.config, "rollout", model_id(model), (tasks, key, num_steps, repr(feedback),
+                                                   prompt, record_policy), fn)
+
+
+# ----------------------------------------------------------------------------------------
 # Policy quality and improvement
 # ----------------------------------------------------------------------------------------
-def policy(model: LoadedModel, stream: Stream, forward=None, chunk: int = 32) -> np.ndarray:
+def policy(model: LoadedModel, stream: Stream, forward=None, chunk: int = 32,
+           config: StudyConfig | None = None) -> np.ndarray:
     """(B, T, A) the model's teacher-forced policy on whole streams (the one input builder;
-    ``chunk`` rows per forward to bound memory)."""
-    forward = forward or jax.jit(model.apply)
-    B = stream.action.shape[0]
-    out = [jax.nn.softmax(forward(to_inputs(jax.tree.map(lambda x: x[i:i + chunk], stream),
+    ``chunk`` rows per forward to bound memory); memoised per seed when ``config`` has a
+    cache."""
+    def fn():
+        fwd = forward or jax.jit(model.apply)
+        B = stream.action.shape[0]
+        out = [jax.nn.softmax(fwd(to_inputs(jax.tree.map(lambda x: x[i:i + chunk], stream),
                                             model.config)), axis=-1)
-           for i in range(0, B, chunk)]
-    return np.concatenate([np.asarray(o) for o in out])
+               for i in range(0, B, chunk)]
+        return np.concatenate([np.asarray(o) for o in out])
+
+    if config is None:
+        return fn()
+    return memo(config, "policy", model_id(model), (stream,), fn)
 
 
 def quality(subject: Subject, stream: Stream, pi: np.ndarray) -> np.ndarray:
@@ -258,7 +322,8 @@ def record_key(experiment: str, config: StudyConfig, extra: dict | None = None) 
     (size and modification time: these legacy runs have no checksums)."""
     files = {str(d): [(p.name, p.stat().st_size, p.stat().st_mtime_ns)
                       for p in sorted((d / "model").iterdir())] for d in config.run_dirs()}
-    return json_digest({"experiment": experiment, "config": dataclasses.asdict(config),
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "cache"}
+    return json_digest({"experiment": experiment, "config": settings,
                         "models": files, "extra": extra or {}})
 
 
@@ -306,6 +371,9 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--tasks", type=int, default=300, help="bandits: held-out tasks (default: 300)")
     p.add_argument("--rollouts", type=int, default=8,
                    help="Dark Room: rollouts per held-out goal (default: 8)")
+    p.add_argument("--cache", default="", metavar="DIR",
+                   help="keep each seed's rollouts and policies in DIR, so that a rerun with more "
+                        "seeds computes only the new ones (default: no cache)")
     p.add_argument("--force", action="store_true", help="recompute even if a finished result "
                    "of the same config and models exists")
     return p
@@ -313,7 +381,7 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def configs_from(args) -> list[StudyConfig]:
     return [StudyConfig(subject=s, runs=args.runs, seeds=tuple(args.seeds), out=args.out,
-                        tasks=args.tasks, rollouts_per_task=args.rollouts)
+                        tasks=args.tasks, rollouts_per_task=args.rollouts, cache=args.cache)
             for s in args.subjects]
 
 

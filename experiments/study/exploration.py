@@ -77,8 +77,8 @@ def darkroom(subject: C.Subject) -> dict:
     trajectories = {}
     for i, m in enumerate(subject.models):
         C.say(f"darkroom seed {subject.config.seeds[i]}: the model in a goal-less room")
-        r = ev.ad_rollout(m.params, m.config, env, nowhere, jax.random.fold_in(key, 100 + i),
-                          STEPS, record_policy=True)
+        r = C.rollout(subject, m, nowhere, jax.random.fold_in(key, 100 + i), STEPS,
+                      record_policy=True)
         trajectories.setdefault("model", []).append((np.asarray(r.obs), np.asarray(r.action)))
     C.say("darkroom: the source (PPO) learning in a goal-less room")
     setting = subject.config.setting
@@ -126,8 +126,8 @@ def bandit(subject: C.Subject) -> dict:
     key = jax.random.fold_in(jax.random.PRNGKey(subject.config.key), 8)
     actions = {"model": []}
     for i, m in enumerate(subject.models):
-        r = ev.ad_rollout(m.params, m.config, env, subject.tasks,
-                          jax.random.fold_in(key, 100 + i), subject.episodes)
+        r = C.rollout(subject, m, subject.tasks, jax.random.fold_in(key, 100 + i),
+                      subject.episodes)
         actions["model"].append(np.asarray(r.action))
     for name in ("ucb", "thompson", "random"):
         src = source_agents.get(name)

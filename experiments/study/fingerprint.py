@@ -17,7 +17,7 @@ model's sampled action), early (bandits: pulls 1-10; Dark Room: episodes 1-10) a
 (Thompson: its own policy there).
 
 Agents: bandits — UCB1 (the source, exactly), Thompson sampling, greedy, the Gittins
-index at discount 0.9; Dark Room — the exact goal-posterior agent. The PPO source at the
+index at discount 0.9 (Thompson's probabilities from 64 posterior draws per step); Dark Room — the exact goal-posterior agent. The PPO source at the
 matched stage is not included (its policies are not stored with its histories).
 Bandits also report each agent's own cumulative pseudo-regret over 100 pulls when it acts.
 Writes ``<out>/fingerprint-<subject>.{json,png}``.
@@ -44,12 +44,15 @@ from experiments.study import common as C  # noqa: E402
 EXPERIMENT = "fingerprint"
 TEMPERATURES = np.exp(np.linspace(np.log(1e-3), np.log(1e2), 61))
 EPS = 0.1
+# Thompson's action probabilities by Monte Carlo (Beta sampling is slow on a CPU): 64 draws
+# per step resolve probabilities to 1/64, with a floor of 1/128 for arms never drawn
+THOMPSON_SAMPLES = 64
 
 
 def agents_for(subject: C.Subject) -> dict:
     K = subject.env.num_actions
     if subject.bandit:
-        return {"UCB1 (source)": A.UCB1(K), "Thompson": A.Thompson(K), "greedy": A.Greedy(K),
+        return {"UCB1 (source)": A.UCB1(K), "Thompson": A.Thompson(K, THOMPSON_SAMPLES), "greedy": A.Greedy(K),
                 "Gittins (0.9)": A.Gittins(K, 0.9)}
     return {"goal posterior": A.GoalPosterior(subject.env.size)}
 
@@ -81,8 +84,8 @@ def eps_argmax_logp(values: np.ndarray) -> np.ndarray:
 
 
 def model_streams(subject: C.Subject, m, tasks, key) -> tuple[Stream, np.ndarray]:
-    r = ev.ad_rollout(m.params, m.config, subject.env, tasks, key,
-                      subject.episodes * subject.horizon, record_policy=True)
+    r = C.rollout(subject, m, tasks, key, subject.episodes * subject.horizon,
+                  record_policy=True)
     return Stream.from_rollout(r), np.asarray(r.policy)
 
 

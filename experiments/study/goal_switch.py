@@ -83,15 +83,14 @@ def run(config: C.StudyConfig, force: bool = False) -> dict:
     memorise = {"switch": [], "fresh": []}
     for i, m in enumerate(subject.models):
         C.say(f"darkroom seed {config.seeds[i]}: {EPISODES} episodes on A, then B")
-        first = ev.ad_rollout(m.params, m.config, env, subject.tasks,
-                              jax.random.fold_in(key, 100 + i), num_steps, record_policy=True)
+        first = C.rollout(subject, m, subject.tasks, jax.random.fold_in(key, 100 + i),
+                          num_steps, record_policy=True)
         prompt = LearningHistory(first.obs, first.action, first.reward,
                                  np.zeros_like(first.done), first.done)
-        after = ev.ad_rollout(m.params, m.config, env, tasks_b,
-                              jax.random.fold_in(key, 200 + i), num_steps, prompt=prompt,
-                              record_policy=True)
-        fresh = ev.ad_rollout(m.params, m.config, env, tasks_b,
-                              jax.random.fold_in(key, 300 + i), num_steps, record_policy=True)
+        after = C.rollout(subject, m, tasks_b, jax.random.fold_in(key, 200 + i), num_steps,
+                          prompt=prompt, record_policy=True)
+        fresh = C.rollout(subject, m, tasks_b, jax.random.fold_in(key, 300 + i), num_steps,
+                          record_policy=True)
         for name, r in (("switch", after), ("fresh", fresh)):
             curve = ev.episode_curve(r, EPISODES)
             per_seed[name].append({"recovery": recovery(curve, opt_b),

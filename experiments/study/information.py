@@ -128,9 +128,8 @@ def run(config: C.StudyConfig, force: bool = False) -> dict:
     for i, m in enumerate(subject.models):
         for c, prompt in prompts.items():
             C.say(f"{config.subject} seed {config.seeds[i]}: prompt {c}, then {E} episodes")
-            r = ev.ad_rollout(m.params, m.config, subject.env, subject.tasks,
-                              jax.random.fold_in(key, 100 + i), num_steps,
-                              prompt=None if prompt is None else as_history(prompt))
+            r = C.rollout(subject, m, subject.tasks, jax.random.fold_in(key, 100 + i),
+                          num_steps, prompt=None if prompt is None else as_history(prompt))
             if subject.bandit:  # expected reward of each pull: far less noise than rewards
                 curves[c].append(np.take_along_axis(means, np.asarray(r.action), 1))
             else:

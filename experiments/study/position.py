@@ -80,7 +80,7 @@ def run(config: C.StudyConfig, force: bool = False) -> dict:
         for c, order in conds.items():
             C.say(f"{config.subject} seed {config.seeds[i]}: teacher-forced, {c} order")
             edited = C.take_episodes(stream, order)
-            pi = C.policy(m, edited, forward)
+            pi = C.policy(m, edited, forward, config=config)
             q = C.quality(subject, edited, pi)
             curves[c].append(C.per_episode(q, edited.done, order.shape[1]))
             if base_pi is None:

@@ -58,9 +58,8 @@ def closed_loop(subject: C.Subject) -> dict:
         for c in CONDITIONS:
             C.say(f"{subject.config.subject} seed {subject.config.seeds[i]}: closed loop, "
                   f"{c} rewards ({subject.n} rollouts x {num_steps} steps)")
-            r = ev.ad_rollout(m.params, m.config, subject.env, subject.tasks,
-                              jax.random.fold_in(key, 100 + i), num_steps,
-                              feedback=feedback(c, num_steps))
+            r = C.rollout(subject, m, subject.tasks, jax.random.fold_in(key, 100 + i),
+                          num_steps, feedback=feedback(c, num_steps))
             out[c]["curves"].append(ev.episode_curve(r, E))
             if subject.bandit:
                 out[c]["regret"].append(_pseudo_regret(subject.env, subject.tasks, r.action))
@@ -76,7 +75,7 @@ def teacher_forced(subject: C.Subject, stream: st.Stream) -> dict:
         for c in CONDITIONS:
             C.say(f"{subject.config.subject} seed {subject.config.seeds[i]}: teacher-forced, "
                   f"{c} rewards")
-            pi = C.policy(m, EDITS[c](stream), forward)
+            pi = C.policy(m, EDITS[c](stream), forward, config=subject.config)
             q = C.quality(subject, stream, pi)
             out[c].append(C.per_episode(q, stream.done, n_eps))
     return out

@@ -63,3 +63,22 @@ def test_take_episodes_reorders_whole_episodes():
     np.testing.assert_array_equal(r.done, [[False, True, False, True]])
     with pytest.raises(ValueError, match="one length"):
         C.episode_length(s._replace(done=np.array([[True, True, False, True, False, True]])))
+
+
+def test_memo_computes_once_and_returns_the_same(tmp_path):
+    calls = []
+
+    def fn():
+        calls.append(1)
+        return {"a": np.arange(3.0)}
+
+    config = C.StudyConfig(subject="bandit", cache=str(tmp_path))
+    first = C.memo(config, "x", "owner", (np.ones(2),), fn)
+    again = C.memo(config, "x", "owner", (np.ones(2),), fn)
+    other = C.memo(config, "x", "owner", (np.zeros(2),), fn)  # other inputs: computed
+    assert len(calls) == 2
+    np.testing.assert_array_equal(first["a"], again["a"])
+    np.testing.assert_array_equal(other["a"], np.arange(3.0))
+    no_cache = C.StudyConfig(subject="bandit")
+    C.memo(no_cache, "x", "owner", (np.ones(2),), fn)
+    assert len(calls) == 3  # without a cache folder nothing is kept
