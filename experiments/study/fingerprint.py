@@ -12,7 +12,8 @@ uniform policy is the floor. On held-out tasks the
 score of an agent is the mean per-step log-likelihood of the model's policy under it,
 ``sum_a pi_model(a) log p_agent(a)`` (the expectation of the log-likelihood of the
 model's sampled action), early (bandits: pulls 1-10; Dark Room: episodes 1-10) and late
-(pulls 91-100; episodes 191-200). Also the ranking with each deterministic agent as
+(pulls 91-100; episodes 191-200); no agent can score above the model's own policy
+(minus its entropy, reported as the ceiling). Also the ranking with each deterministic agent as
 ``(1 - eps) argmax + eps uniform`` (ties share, eps = 0.1) instead of a softmax
 (Thompson: its own policy there).
 
@@ -52,8 +53,8 @@ THOMPSON_SAMPLES = 64
 def agents_for(subject: C.Subject) -> dict:
     K = subject.env.num_actions
     if subject.bandit:
-        return {"UCB1 (source)": A.UCB1(K), "Thompson": A.Thompson(K, THOMPSON_SAMPLES), "greedy": A.Greedy(K),
-                "Gittins (0.9)": A.Gittins(K, 0.9)}
+        return {"UCB1 (source)": A.UCB1(K), "Thompson": A.Thompson(K, THOMPSON_SAMPLES),
+                "greedy": A.Greedy(K), "Gittins (0.9)": A.Gittins(K, 0.9)}
     return {"goal posterior": A.GoalPosterior(subject.env.size)}
 
 
@@ -113,6 +114,7 @@ def run(config: C.StudyConfig, force: bool = False) -> dict:
     scores = {w: {name: [] for name in names} for w in ("early", "late", "all")}
     eps_scores = {w: {name: [] for name in names} for w in ("early", "late")}
     along = {name: [] for name in names}
+    ceiling = {w: [] for w in ("early", "late", "all")}
     for i, m in enumerate(subject.models):
         C.say(f"{config.subject} seed {config.seeds[i]}: the model on training tasks (fit) "
               f"and held-out tasks (score)")
@@ -142,8 +144,11 @@ def run(config: C.StudyConfig, force: bool = False) -> dict:
                         eps_scores[w][label].append(ll_eps[:, sl].mean())
                 along[label].append(ll)
         uni = np.full(pi_test.shape[:2], -np.log(K))
+        # the ceiling: no agent scores above the model's own policy (minus its entropy)
+        own = cross_entropy_ll(pi_test, np.log(np.maximum(pi_test, 1e-30)))
         for w, sl in win.items():
             scores[w]["uniform"].append(uni[:, sl].mean())
+            ceiling[w].append(own[:, sl].mean())
             if w != "all":
                 eps_scores[w]["uniform"].append(uni[:, sl].mean())
         along["uniform"].append(uni)
@@ -151,6 +156,7 @@ def run(config: C.StudyConfig, force: bool = False) -> dict:
                "loglik": {w: {k: C.over_seeds(v) for k, v in d.items()} for w, d in scores.items()},
                "loglik_eps_argmax": {w: {k: C.over_seeds(v) for k, v in d.items()}
                                      for w, d in eps_scores.items()},
+               "ceiling_minus_model_entropy": {w: C.over_seeds(v) for w, v in ceiling.items()},
                "eps": EPS, "windows": "first and last 10 episodes (bandits: pulls)"}
     for w in ("early", "late"):
         for table in ("loglik", "loglik_eps_argmax"):
@@ -215,6 +221,8 @@ def print_summary(record: dict) -> None:
             print(f"  {table:18s} {w:5s}: " + "; ".join(
                 f"{k} {d[k]['mean']:.3f} ± {d[k]['ci95']:.3f}" for k in r[table][f"{w}_ranking"]))
             print(f"  {'':18s} best per seed: {r[table][f'{w}_best_per_seed']}")
+    print("  ceiling (minus the model's entropy): " + "; ".join(
+        f"{w} {v['mean']:.3f}" for w, v in r["ceiling_minus_model_entropy"].items()))
     if "agents_own_pseudo_regret_100" in r:
         print("  own pseudo-regret (100 pulls): " + "; ".join(
             f"{k} {v['mean']:.1f}" for k, v in r["agents_own_pseudo_regret_100"].items()))
