@@ -103,10 +103,12 @@ def load_subject(config: StudyConfig) -> Subject:
     """The trained models and the held-out tasks (``experiments.run``'s draw)."""
     import warnings
 
-    setting = config.setting
-    with warnings.catch_warnings():  # legacy runs have no checksums: said once below
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as caught:  # one line instead of one per seed
+        warnings.simplefilter("always")
         models: list[LoadedModel] = [load_model(d) for d in config.run_dirs()]
+    if caught:
+        say(f"{config.subject}: {len(caught)} warning(s) loading the models, the first: "
+            f"{str(caught[0].message)[:160]}")
     env = models[0].env
     key = jax.random.fold_in(jax.random.PRNGKey(config.key), 0)  # experiments.run: "test"
     tasks = ev.eval_tasks(env, "test", config.tasks, key)
@@ -114,7 +116,6 @@ def load_subject(config: StudyConfig) -> Subject:
     if env.finite_tasks:
         per_task = config.rollouts_per_task
         tasks = ev.repeat_tasks(tasks, per_task)
-    del setting
     return Subject(config, models, env, tasks, per_task)
 
 
