@@ -134,7 +134,9 @@ def run(config: C.StudyConfig, force: bool = False) -> dict:
     results["uniform_unpaid_episodes_ending_on_training_goal"] = float(unpaid_on_train(uni_ro))
     _, png = C.output_paths(EXPERIMENT, config)
     panel = {k: C.curve_stats(np.concatenate(v)) for k, v in curves.items()}
-    panel = {k: {"mean": v["mean"], "ci": v["ci95"]} for k, v in panel.items()}
+    colours = {"after the switch": "tab:blue", "empty context": "tab:green"}
+    panel = {k: {"mean": v["mean"], "ci": v["ci95"], "style": {"color": colours[k]}}
+             for k, v in panel.items()}
     panel["source (PPO from scratch)"] = {"mean": src_curve.mean(0), "ci": ev.mean_and_ci(src_curve)[1]}
     panel["optimal"] = {"mean": np.full(EPISODES, opt_b.mean()), "ci": None}
     plot_curves({"on the new goal B (held-out)": panel}, png,
