@@ -12,7 +12,11 @@ and then acts in closed loop on the same held-out task; what it earns next is me
   ``first_reach``: the source's 5 episodes ending with the first one that reached the goal;
   ``random_reach``: 5 uniform random-walk episodes ending with the first that stumbled
   on the goal; control ``no_goal``: 5 random-walk episodes that never touched it (no
-  information), and ``none`` (no prompt). Metric: mean return of the next 10 episodes.
+  information), and ``none`` (no prompt). Competence against the amount of reward
+  evidence: ``random_reach_5``, the walk's first 5 episodes that each reached the goal,
+  and ``random_parked_5``, the same with the walker staying on the goal from its first
+  arrival (paid every step, as a competent episode is, after a random path). Metric:
+  mean return of the next 10 episodes.
 * Bandits: the source's first 50 held-out pulls as the prompt, in their own order,
   ``reversed`` and ``shuffled`` — the same pulls, so the same counts and reward sums per
   arm (the whole posterior), but the reversed order looks like unlearning (it ends on
@@ -83,17 +87,39 @@ def darkroom_prompts(subject: C.Subject) -> tuple[dict, dict]:
     walk = Stream(*(np.asarray(x) for x in (walk.obs, walk.action, walk.reward, walk.done)))
     w_ret = walk.reward.reshape(subject.n, 400, H).sum(-1)
     w_first, w_found = ending_with_first_reach(w_ret)
-    # the first 5 episodes that never touched the goal (each starts at the centre anyway)
+    # the first 5 episodes that never touched the goal (each starts at the centre anyway),
+    # and the first 5 that did
     unpaid = np.argsort(w_ret > 0, axis=1, kind="stable")[:, :PROMPT_EPISODES]
+    paid = np.argsort(w_ret == 0, axis=1, kind="stable")[:, :PROMPT_EPISODES]
+    reach5 = C.take_episodes(walk, paid)
     prompts = {"competent": C.take_episodes(source, np.broadcast_to(
                    np.arange(E - PROMPT_EPISODES, E), (subject.n, PROMPT_EPISODES))),
                "first_reach": C.take_episodes(source, first),
                "random_reach": C.take_episodes(walk, w_first),
-               "no_goal": C.take_episodes(walk, unpaid)}
+               "no_goal": C.take_episodes(walk, unpaid),
+               "random_reach_5": reach5,
+               "random_parked_5": parked(reach5, np.asarray(subject.tasks.goal), H)}
     valid = {"competent": ret[:, -PROMPT_EPISODES:].sum(1) > 0, "first_reach": src_found,
              "random_reach": w_found,
-             "no_goal": np.take_along_axis(w_ret, unpaid, 1).sum(1) == 0}
+             "no_goal": np.take_along_axis(w_ret, unpaid, 1).sum(1) == 0,
+             "random_reach_5": (np.take_along_axis(w_ret, paid, 1) > 0).all(1),
+             "random_parked_5": (np.take_along_axis(w_ret, paid, 1) > 0).all(1)}
     return prompts, valid
+
+
+def parked(stream: Stream, goal: np.ndarray, horizon: int) -> Stream:
+    """Each episode's walker stays on the goal from its first paid step to the episode's end
+    (no-ops, paid every step: the env's own dynamics); episodes without a paid step are
+    unchanged. ``goal`` (B, 2)."""
+    obs, action, reward = (np.array(x) for x in (stream.obs, stream.action, stream.reward))
+    B, T = action.shape
+    r = reward.reshape(B, -1, horizon)
+    first = np.where((r > 0).any(-1), (r > 0).argmax(-1), horizon)  # (B, E)
+    after = (np.arange(horizon) > first[..., None]).reshape(B, T)  # steps after the arrival
+    obs[after] = np.repeat(goal[:, None], T, 1)[after]
+    action[after] = 0
+    reward[after] = 1.0
+    return stream._replace(obs=obs, action=action, reward=reward)
 
 
 def bandit_prompts(subject: C.Subject) -> tuple[dict, dict]:

@@ -53,3 +53,20 @@ def test_every_command_explains_itself(name, capsys):
 def test_the_goal_switch_refuses_a_bandit():
     with pytest.raises(ValueError, match="Dark Room only"):
         goal_switch.run(C.StudyConfig(subject="bandit"))
+
+
+def test_parked_walker_stays_on_the_goal_after_its_first_arrival():
+    from ad.interp.streams import Stream
+
+    # one episode of 5 steps on goal (5, 4): right (arrives, paid), left, right, no-op, up
+    obs = np.array([[[4, 4], [5, 4], [4, 4], [5, 4], [5, 4]]])
+    s = Stream(obs=obs, action=np.array([[1, 2, 1, 0, 4]]),
+               reward=np.array([[1., 0., 1., 1., 0.]]), done=np.array([[0, 0, 0, 0, 1]], bool))
+    p = information.parked(s, np.array([[5, 4]]), 5)
+    np.testing.assert_array_equal(p.obs[0], [[4, 4], [5, 4], [5, 4], [5, 4], [5, 4]])
+    np.testing.assert_array_equal(p.action[0], [1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(p.reward[0], [1, 1, 1, 1, 1])
+    # the env's own rule pays exactly these rewards for the parked moves
+    from ad.interp.streams import move_goal
+    import envs
+    np.testing.assert_array_equal(move_goal(p, [5, 4], envs.make("darkroom")).reward, p.reward)
