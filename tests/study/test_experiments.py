@@ -40,7 +40,7 @@ def test_fit_temperature_recovers_the_temperature_that_made_the_policy():
 
 
 @pytest.mark.parametrize("name", ["rewards", "position", "information", "exploration",
-                                  "goal_switch", "fingerprint"])
+                                  "goal_switch", "fingerprint", "reward_path"])
 def test_every_command_explains_itself(name, capsys):
     module = importlib.import_module(f"experiments.study.{name}")
     with pytest.raises(SystemExit) as exit_:
@@ -70,3 +70,17 @@ def test_parked_walker_stays_on_the_goal_after_its_first_arrival():
     from ad.interp.streams import move_goal
     import envs
     np.testing.assert_array_equal(move_goal(p, [5, 4], envs.make("darkroom")).reward, p.reward)
+
+
+def test_head_masks_select_one_head_per_cell():
+    from types import SimpleNamespace
+
+    from experiments.study import reward_path
+
+    names, where, labels = reward_path.head_masks(SimpleNamespace(num_layers=2, num_heads=3))
+    assert names == ["blocks.0.attn.hook_z", "blocks.1.attn.hook_z"]
+    assert labels == ["none", "L0H0", "L0H1", "L0H2", "L1H0", "L1H1", "L1H2"]
+    assert not where[0].any()  # cell 0: no ablation
+    for c in range(1, 7):
+        l, h = divmod(c - 1, 3)
+        assert where[c].sum() == 1 and where[c, l, 0, 0, h, 0]
