@@ -1,0 +1,175 @@
+"""Experiment 7 (closed-loop half): which heads does in-context improvement need, and do
+they also carry single-episode competence?
+
+    python -m experiments.study.reward_path --runs /work/tut/runs
+
+Every attention head is mean-ablated in turn (its mean ``hook_z`` over 256 windows of the
+model's training histories: ``experiments.analysis.interp_tutorial.training_means``)
+inside the rollout on held-out tasks; no ablation is the reference, and all 1 + L·H
+rollouts are one ``jit(vmap)`` call per measure. Two measures per head and seed:
+
+* in-context improvement from an empty context (episodes 191-200 minus 1-5; bandits
+  pulls 91-100 minus 1-5), as in experiment 1;
+* single-episode competence: after a competent prompt that shows the answer — Dark Room:
+  the source's last 5 episodes on the task; bandits: UCB1's first 90 pulls — the mean
+  return of the next 10 episodes (bandits: the expected reward ``mu[a]`` of the next 10
+  pulls).
+
+A reward path for in-context RL predicts heads whose ablation removes the improvement
+while competence survives; one context-reading mechanism predicts both fall together.
+Writes ``<out>/reward_path-<subject>.{json,png}``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ad import evaluate as ev  # noqa: E402
+from ad import hooks  # noqa: E402
+from experiments.analysis.interp_tutorial import training_means  # noqa: E402
+from experiments.study import common as C  # noqa: E402
+from experiments.study.information import as_history  # noqa: E402
+
+EXPERIMENT = "reward_path"
+NEXT = 10
+
+
+def head_masks(config) -> tuple[list[str], np.ndarray, list[str]]:
+    """Hook names, (1 + L*H, L, 1, 1, H, 1) masks (cell 0: none; 1 + l*H + h: head l.h),
+    and the cells' labels."""
+    L, H = config.num_layers, config.num_heads
+    names = [f"blocks.{l}.attn.hook_z" for l in range(L)]
+    where = np.zeros((1 + L * H, L, 1, 1, H, 1), bool)
+    for l in range(L):
+        for h in range(H):
+            where[1 + l * H + h, l, 0, 0, h, 0] = True
+    return names, where, ["none"] + [f"L{l}H{h}" for l in range(L) for h in range(H)]
+
+
+def ablated_rollouts(model, env, tasks, key, num_steps: int, means: dict, prompt=None):
+    """Actions, rewards and episode ends (cells, N, S) with each head mean-ablated in turn."""
+    names, where, _ = head_masks(model.config)
+
+    def run(w):
+        edits = {n: hooks.Intervention(w[l], jnp.float32(0), means[n])
+                 for l, n in enumerate(names)}
+        ro = ev.ad_rollout(model.params, model.config, env, tasks, key, num_steps,
+                           prompt=prompt, hooks=edits)
+        return ro.action, ro.reward, ro.done
+
+    return jax.jit(jax.vmap(run))(jnp.asarray(where))
+
+
+def competent_prompt(subject: C.Subject):
+    """The prompt that shows the answer (module docstring), as a LearningHistory."""
+    if subject.bandit:
+        stream, _ = C.source_histories(subject)
+        # its first 90 pulls (not the last 50 alone: a stream that starts with one arm's
+        # pulls has untried arms, which the model, like UCB1, pulls first; experiment 3)
+        return as_history(jax.tree.map(lambda x: np.asarray(x)[:, :100 - NEXT], stream))
+    from experiments.study.information import PROMPT_EPISODES, whole
+
+    stream, _ = C.source_histories(subject, subsample=False)
+    stream = whole(stream)
+    H = subject.horizon
+    E = stream.action.shape[1] // H
+    order = np.broadcast_to(np.arange(E - PROMPT_EPISODES, E), (subject.n, PROMPT_EPISODES))
+    return as_history(C.take_episodes(stream, order))
+
+
+def run(config: C.StudyConfig, force: bool = False) -> dict:
+    if not force and (done := C.finished(EXPERIMENT, config)) is not None:
+        C.say(f"{EXPERIMENT}-{config.subject}: reusing the finished result (--force recomputes)")
+        return done
+    t0 = time.time()
+    subject = C.load_subject(config)
+    env, rpt, E = subject.env, subject.rollouts_per_task, subject.episodes
+    prompt = competent_prompt(subject)
+    key = jax.random.fold_in(jax.random.PRNGKey(config.key), 7007)
+    means_tasks = np.asarray(subject.tasks.means) if subject.bandit else None
+    improvement, competence = [], []  # per seed: (cells, tasks)
+    labels = None
+    for i, m in enumerate(subject.models):
+        C.say(f"{config.subject} seed {config.seeds[i]}: every head mean-ablated, empty context "
+              f"and after the competent prompt")
+        means = training_means(m, 256, jax.random.fold_in(key, i))
+        _, _, labels = head_masks(m.config)
+        a, r, d = ablated_rollouts(m, env, subject.tasks, jax.random.fold_in(key, 100 + i),
+                                   E * subject.horizon, means)
+        imp = [C.task_improvement(ev.episode_curve(ev.Rollout(a[c], r[c], d[c]), E), rpt)
+               for c in range(len(labels))]
+        improvement.append(np.stack(imp))
+        a, r, d = ablated_rollouts(m, env, subject.tasks, jax.random.fold_in(key, 200 + i),
+                                   NEXT * subject.horizon, means, prompt=prompt)
+        comp = []
+        for c in range(len(labels)):
+            if subject.bandit:
+                x = np.take_along_axis(means_tasks, np.asarray(a[c]), 1).mean(1)
+            else:
+                x = ev.episode_curve(ev.Rollout(a[c], r[c], d[c]), NEXT).mean(1)
+            comp.append(np.asarray(x).reshape(-1, rpt).mean(1))
+        competence.append(np.stack(comp))
+    results = {"cells": labels, "next_episodes": NEXT, "heads": {}}
+    for c, label in enumerate(labels):
+        entry = {"improvement_over_seeds": C.over_seeds([x[c].mean() for x in improvement]),
+                 "competence_over_seeds": C.over_seeds([x[c].mean() for x in competence])}
+        if c:
+            entry["improvement_minus_none_per_seed_over_tasks"] = [
+                C.over_tasks(x[c] - x[0]) for x in improvement]
+            entry["competence_minus_none_per_seed_over_tasks"] = [
+                C.over_tasks(x[c] - x[0]) for x in competence]
+            entry["improvement_fraction_kept_per_seed"] = [
+                float(x[c].mean() / x[0].mean()) for x in improvement]
+            entry["competence_fraction_kept_per_seed"] = [
+                float(x[c].mean() / x[0].mean()) for x in competence]
+        results["heads"][label] = entry
+    plot(subject, results)
+    return C.write_record(EXPERIMENT, config, results, t0)
+
+
+def plot(subject: C.Subject, results: dict) -> None:
+    heads = [k for k in results["cells"] if k != "none"]
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for k in heads:
+        imp = results["heads"][k]["improvement_fraction_kept_per_seed"]
+        comp = results["heads"][k]["competence_fraction_kept_per_seed"]
+        ax.scatter(imp, comp, s=18)
+        ax.annotate(k, (np.mean(imp), np.mean(comp)), fontsize=8)
+    ax.axhline(1, color="0.7", lw=0.8)
+    ax.axvline(1, color="0.7", lw=0.8)
+    ax.set_xlabel("in-context improvement kept (ablated / none)")
+    ax.set_ylabel("return after a competent prompt kept (ablated / none)")
+    ax.set_title(f"{subject.config.subject}: each head mean-ablated in closed loop\n"
+                 f"(one dot per seed, held-out tasks)", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _, png = C.output_paths(EXPERIMENT, subject.config)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def print_summary(record: dict) -> None:
+    r = record["results"]
+    print(f"\n=== experiment 7 (closed loop), {record['config']['subject']}: fraction kept "
+          f"per seed, ablated / none ===")
+    none = r["heads"]["none"]
+    print(f"  none: improvement {C.fmt(none['improvement_over_seeds'])}; competence "
+          f"{C.fmt(none['competence_over_seeds'])}")
+    for k in r["cells"][1:]:
+        v = r["heads"][k]
+        print(f"  {k}: improvement kept {', '.join(f'{x:.2f}' for x in v['improvement_fraction_kept_per_seed'])}"
+              f"; competence kept {', '.join(f'{x:.2f}' for x in v['competence_fraction_kept_per_seed'])}")
+
+
+if __name__ == "__main__":
+    sys.exit(C.main(sys.modules[__name__]))
