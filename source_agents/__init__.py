@@ -8,7 +8,7 @@ every history in env steps. An optional ``default_config(env_name, **overrides)`
 supplies tuned presets (``make_config``). Sources never import ``ad``.
 
 Finding a source: ``get(name_or_path)`` takes a registered name (``registered()``:
-ppo, dqn, ucb, ...) or, without registering anything, a module path
+ppo, dqn, ucb, rmax, psrl, ...) or, without registering anything, a module path
 ``"pkg.mod"`` / ``"pkg.mod:attr"`` (or a top-level module on ``sys.path``) that is
 imported on demand; a registered name wins over a module of the same name. Everything that takes a
 source name (``CollectConfig.source``, ``Setting.source``, ``--source``) goes through
@@ -143,6 +143,8 @@ register("egreedy", "source_agents.bandits:egreedy")
 register("random", "source_agents.bandits:random")
 register("noise", "source_agents.noise")
 register("memory", "source_agents.memory")
+register("rmax", "source_agents.tabular:rmax")
+register("psrl", "source_agents.tabular:psrl")
 
 __all__ = ["LearningHistory", "SOURCES", "episode_returns", "episode_returns_jax", "get",
            "make_config", "register", "registered", "unregister"]

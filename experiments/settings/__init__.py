@@ -10,6 +10,8 @@ The settings live in two modules, registered into ``SETTINGS`` on import:
   Dark FourRooms); their results are the README's table.
 - ``experiments.settings.key_to_door``: the Key-to-Door study (docs/key_to_door.md has
   every attempt, its command and its result).
+- ``experiments.settings.sources``: the same tasks distilled from sources that learn fast
+  (Thompson sampling; tabular R-max and PSRL).
 
 A setting of your own needs no registration: ``experiments.run.run(Setting(...))``.
 """
@@ -58,6 +60,6 @@ def get_setting(name: str) -> Setting:
 
 
 # Registration happens on import; the modules need Setting and register defined above.
-from experiments.settings import paper, key_to_door  # noqa: E402,F401  (order: paper first)
+from experiments.settings import paper, key_to_door, sources  # noqa: E402,F401  (order: paper first)
 
 __all__ = ["SETTINGS", "Setting", "get_setting", "register"]

@@ -1,0 +1,32 @@
+"""Settings distilled from sources that learn fast (issue 25): Thompson sampling on the
+5-armed bandit, and the tabular model-based learners ``rmax`` (optimism) and ``psrl``
+(posterior sampling) of ``source_agents.tabular`` on Dark Room, Dark Room Hard and
+Key-to-Door.
+
+Each reuses the model and training recipe of its env's existing setting (the paper's
+bandit and Dark Room settings, the Key-to-Door diagnostic ``key-to-door-memory-early``),
+so that only the source changes. Results, commands and wall times: docs/results/README.md
+and docs/key_to_door.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from experiments.settings import SETTINGS, register
+
+# 5-armed Bernoulli bandit from Thompson sampling (Beta(1, 1) priors); everything else as `bandit`.
+register(dataclasses.replace(SETTINGS["bandit"], name="bandit-thompson", source="thompson"))
+
+# Key-to-Door from R-max histories: the model and training of the explore-and-remember
+# diagnostic's best recipe (`key-to-door-memory-early`: previous observation and episode-start
+# inputs, 3,000 steps), 2,048-step histories (R-max has explored and exploits by ~1,400) kept
+# whole. gamma 0.8: a known key-door path wins over unknown cells a few steps further away.
+register(dataclasses.replace(
+    SETTINGS["key-to-door-memory-early"], name="key-to-door-rmax", source="rmax",
+    source_overrides=dict(num_steps=2048, gamma=0.8), subsample_every=1, subsample_steps=0))
+
+# Dark Room from R-max histories (100 episodes, every 2nd kept); the paper setting's model and training.
+register(dataclasses.replace(
+    SETTINGS["darkroom"], name="darkroom-rmax", source="rmax", histories=1040,
+    source_overrides=dict(num_steps=2000), subsample_every=2))
