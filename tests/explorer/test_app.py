@@ -29,7 +29,8 @@ def test_models_and_model_description(server, tiny_run):
     status, r = call(server + "/api/models")
     assert status == 200 and r["default"] == str(tiny_run)
     bandit = tiny_run.parent.parent / "bandit-tiny" / "ad-seed0"
-    assert [(m["id"], m["env"], m["label"]) for m in r["models"]] == [
+    runs = [m for m in r["models"] if not m["label"].startswith("zoo/")]  # then the zoo's
+    assert [(m["id"], m["env"], m["label"]) for m in runs] == [
         (str(bandit), "bernoulli-bandit", "bandit-tiny/ad-seed0"),
         (str(tiny_run), "darkroom", "darkroom-tiny/ad-seed0")]
     status, info = call(server + f"/api/model?id={tiny_run}")
@@ -83,21 +84,20 @@ def test_cli_arguments(tmp_path, tiny_run):
         parse_args(["--help"])
 
 
-def test_zoo_models_are_listed_and_loaded_when_the_zoo_offers_them(monkeypatch, tmp_path, tiny_run):
-    """The zoo is optional: without ``list()`` nothing is added; with ``list()`` and
-    ``load()`` its models appear as ``zoo:NAME`` and load through it."""
-    import types
-
+def test_zoo_models_are_listed_and_loaded(tmp_path):
+    """Every catalogued zoo configuration appears once, as its default seed's shipped run
+    directory, and loads to the model ``ad.zoo.load`` gives."""
     import ad.zoo
-    from ad.checkpoints import load_model
 
-    assert [e.id for e in engine.discover(tmp_path)] == []  # the zoo has no list() yet
-    monkeypatch.setattr(ad.zoo, "list", lambda: [types.SimpleNamespace(
-        name="tiny-dr", env="darkroom", source="noise")], raising=False)
-    monkeypatch.setattr(ad.zoo, "load", lambda name: load_model(tiny_run), raising=False)
-    found = engine.discover(tmp_path)
-    assert [(e.id, e.env, e.label) for e in found] == [("zoo:tiny-dr", "darkroom", "zoo/tiny-dr")]
-    assert engine.load_any("zoo:tiny-dr").config == load_model(tiny_run).config
+    found = [e for e in engine.discover(tmp_path) if e.label.startswith("zoo/")]
+    catalogue = ad.zoo.list()
+    assert [e.label for e in found] == [f"zoo/{c.name}" for c in catalogue]
+    assert all(e.env == "bernoulli-bandit" for e in found)
+    first, family = catalogue[0], catalogue[0].family
+    model = engine.load_any(found[0].id)
+    ref = ad.zoo.load(family, d_model=first.d_model, num_layers=first.num_layers,
+                      num_heads=first.num_heads, mlp_dim=first.mlp_dim)
+    assert model.config == ref.config
 
 
 EVERY_HEAD = [[0, 0], [0, 1], [1, 0], [1, 1]]

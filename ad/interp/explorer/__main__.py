@@ -30,8 +30,7 @@ class ExplorerConfig:
     def __post_init__(self):
         if not 0 <= self.port < 65536:
             raise ValueError(f"ExplorerConfig.port must lie in [0, 65536), got {self.port}")
-        if self.model and not (Path(self.model) / "model" / "config.json").exists() \
-                and not self.model.startswith("zoo:"):
+        if self.model and not (Path(self.model) / "model" / "config.json").exists():
             raise ValueError(f"--model {self.model}: no finished model there "
                              f"({Path(self.model) / 'model' / 'config.json'} is missing)")
 

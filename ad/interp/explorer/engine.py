@@ -133,22 +133,17 @@ class ModelEntry(NamedTuple):
 
 def discover(*roots: str | Path) -> list[ModelEntry]:
     """Every finished model (``<run>/model/config.json``) under the given folders (a
-    folder that is itself a run counts), then the model zoo's: the checkpoints shipped in
-    ``ad/zoo/weights/`` and, if ``ad.zoo`` exposes ``list()``, its catalogue (optional:
-    the explorer works without either)."""
+    folder that is itself a run counts), then the model zoo's catalogue (``ad.zoo.list()``):
+    one entry per configuration, its default (best-on-validation) seed, shipped as package
+    data so it opens offline."""
     found = _runs(roots)
-    try:  # the model zoo (another issue); guarded so the explorer never depends on it
-        import ad.zoo as zoo
+    seen = {e.id for e in found}
+    from ad import zoo
 
-        shipped = Path(zoo.__file__).parent / "weights"  # checkpoints shipped as package data
-        seen = {e.id for e in found}
-        found += [e for e in _runs([shipped]) if e.id not in seen]
-        for item in zoo.list():
-            name = getattr(item, "name", None) or str(item)
-            found.append(ModelEntry(f"zoo:{name}", str(getattr(item, "env", "?")),
-                                    str(getattr(item, "source", "")), f"zoo/{name}"))
-    except (ImportError, AttributeError, TypeError):
-        pass
+    for item in zoo.list():
+        run = item.path / f"seed{item.best_seed}"
+        if str(run) not in seen:
+            found += [e._replace(label=f"zoo/{item.name}") for e in _runs([run])]
     return found
 
 
@@ -179,14 +174,7 @@ def _runs(roots) -> list[ModelEntry]:
 
 
 def load_any(model_id: str) -> LoadedModel:
-    """A run directory, or ``zoo:NAME`` through ``ad.zoo.load`` when the zoo has one."""
-    if model_id.startswith("zoo:"):
-        try:
-            import ad.zoo as zoo
-
-            return zoo.load(model_id[4:])
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"model {model_id!r}: the model zoo cannot load it ({e})") from e
+    """A run directory (the runs folders' and the zoo's alike), loaded and checked."""
     return load_model(model_id)
 
 
