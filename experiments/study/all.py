@@ -37,7 +37,7 @@ def main(argv=None) -> int:
         for config in C.configs_from(args):
             if config.subject not in ONLY.get(name, (config.subject,)):
                 continue
-            record = module.run(config, force=args.force)
+            record = C.run(module, config, force=args.force)
             module.print_summary(record)
             done.append((name, config.subject, record.get("wall_s", 0.0)))
     print("\n=== study: finished ===")

@@ -339,6 +339,16 @@ def finished(experiment: str, config: StudyConfig) -> dict | None:
     return _cached_evaluation(path, record_key(experiment, config))
 
 
+def run(module, config: StudyConfig, force: bool = False) -> dict:
+    """``module``'s finished result for exactly this config and these models, or its
+    ``compute(config)`` written as a record (JSON with provenance) — one place for reuse."""
+    if not force and (done := finished(module.EXPERIMENT, config)) is not None:
+        say(f"{module.EXPERIMENT}-{config.subject}: reusing the finished result (--force recomputes)")
+        return done
+    started = time.time()
+    return write_record(module.EXPERIMENT, config, module.compute(config), started)
+
+
 def write_record(experiment: str, config: StudyConfig, results: dict, started: float) -> dict:
     path, png = output_paths(experiment, config)
     record = {"experiment": experiment, "config": dataclasses.asdict(config),
@@ -397,13 +407,13 @@ def fmt(s: dict) -> str:
 
 
 def main(module, argv=None, subjects=SUBJECTS) -> int:
-    """One experiment's command: ``module`` has ``EXPERIMENT``, ``run(config, force)`` and
+    """One experiment's command: ``module`` has ``EXPERIMENT``, ``compute(config)`` and
     ``print_summary(record)``; its docstring is the ``--help``."""
     p = parser(f"python -m experiments.study.{module.EXPERIMENT}", module.__doc__)
     p.set_defaults(subjects=list(subjects))
     args = p.parse_args(argv)
     for config in configs_from(args):
-        record = module.run(config, force=args.force)
+        record = run(module, config, force=args.force)
         module.print_summary(record)
         print("wrote", *output_paths(module.EXPERIMENT, config))
     return 0

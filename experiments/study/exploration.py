@@ -27,7 +27,6 @@ explorer is closer to the systematic one. Writes ``<out>/exploration-<subject>.{
 from __future__ import annotations
 
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -156,14 +155,11 @@ def bandit(subject: C.Subject) -> dict:
     return results
 
 
-def run(config: C.StudyConfig, force: bool = False) -> dict:
-    if not force and (done := C.finished(EXPERIMENT, config)) is not None:
-        C.say(f"{EXPERIMENT}-{config.subject}: reusing the finished result (--force recomputes)")
-        return done
-    t0 = time.time()
+def compute(config: C.StudyConfig) -> dict:
+    """This experiment's results for one subject (``C.run`` reuses or records them)."""
     subject = C.load_subject(config)
     results = (bandit if subject.bandit else darkroom)(subject)
-    return C.write_record(EXPERIMENT, config, results, t0)
+    return results
 
 
 def print_summary(record: dict) -> None:

@@ -27,7 +27,6 @@ Writes ``<out>/fingerprint-<subject>.{json,png}``.
 from __future__ import annotations
 
 import sys
-import time
 
 import jax
 import matplotlib
@@ -100,11 +99,8 @@ def windows(subject: C.Subject, T: int) -> dict:
     return {"early": slice(start, start + n), "late": slice(T - n, T)}
 
 
-def run(config: C.StudyConfig, force: bool = False) -> dict:
-    if not force and (done := C.finished(EXPERIMENT, config)) is not None:
-        C.say(f"{EXPERIMENT}-{config.subject}: reusing the finished result (--force recomputes)")
-        return done
-    t0 = time.time()
+def compute(config: C.StudyConfig) -> dict:
+    """This experiment's results for one subject (``C.run`` reuses or records them)."""
     subject = C.load_subject(config)
     env = subject.env
     agents = agents_for(subject)
@@ -189,7 +185,7 @@ def run(config: C.StudyConfig, force: bool = False) -> dict:
             regret[name] = C.over_tasks(_pseudo_regret(env, subject.tasks, actions)[:, -1])
         results["agents_own_pseudo_regret_100"] = regret
     plot(subject, along)
-    return C.write_record(EXPERIMENT, config, results, t0)
+    return results
 
 
 def plot(subject: C.Subject, along: dict) -> None:

@@ -19,7 +19,6 @@ and — memorisation — among episodes that earned nothing, the fraction that e
 from __future__ import annotations
 
 import sys
-import time
 
 import jax
 import numpy as np
@@ -50,13 +49,10 @@ def end_cells(obs, action, done, size) -> np.ndarray:
     return cells[np.asarray(done, bool)].reshape(B, -1, 2)
 
 
-def run(config: C.StudyConfig, force: bool = False) -> dict:
+def compute(config: C.StudyConfig) -> dict:
+    """This experiment's results for one subject (``C.run`` reuses or records them)."""
     if config.subject != "darkroom":
         raise ValueError("goal_switch: Dark Room only (a bandit has no goal to move)")
-    if not force and (done := C.finished(EXPERIMENT, config)) is not None:
-        C.say(f"{EXPERIMENT}-{config.subject}: reusing the finished result (--force recomputes)")
-        return done
-    t0 = time.time()
     subject = C.load_subject(config)
     env, H, rpt = subject.env, subject.horizon, subject.rollouts_per_task
     test = np.asarray(env.tasks("test").goal)
@@ -142,7 +138,7 @@ def run(config: C.StudyConfig, force: bool = False) -> dict:
     plot_curves({"on the new goal B (held-out)": panel}, png,
                 title=f"darkroom: the goal moved after {EPISODES} episodes "
                       f"({len(subject.models)} seeds)")
-    return C.write_record(EXPERIMENT, config, results, t0)
+    return results
 
 
 def print_summary(record: dict) -> None:

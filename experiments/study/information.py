@@ -32,7 +32,6 @@ matter); mimicry predicts they track the competence shown. Writes
 from __future__ import annotations
 
 import sys
-import time
 
 import jax
 import numpy as np
@@ -134,11 +133,8 @@ def bandit_prompts(subject: C.Subject) -> tuple[dict, dict]:
     return prompts, {c: np.ones(B, bool) for c in prompts}
 
 
-def run(config: C.StudyConfig, force: bool = False) -> dict:
-    if not force and (done := C.finished(EXPERIMENT, config)) is not None:
-        C.say(f"{EXPERIMENT}-{config.subject}: reusing the finished result (--force recomputes)")
-        return done
-    t0 = time.time()
+def compute(config: C.StudyConfig) -> dict:
+    """This experiment's results for one subject (``C.run`` reuses or records them)."""
     subject = C.load_subject(config)
     C.say(f"{config.subject}: building the prompts (the source learning {subject.n} "
           f"held-out tasks from scratch)")
@@ -196,7 +192,7 @@ def run(config: C.StudyConfig, force: bool = False) -> dict:
         ylabel="expected reward per pull" if subject.bandit else "return per episode",
         title=f"{config.subject}: same information, different competence shown "
               f"({len(subject.models)} seeds)")
-    return C.write_record(EXPERIMENT, config, results, t0)
+    return results
 
 
 def print_summary(record: dict) -> None:

@@ -22,7 +22,6 @@ original does. Writes ``<out>/position-<subject>.{json,png}``.
 from __future__ import annotations
 
 import sys
-import time
 
 import jax
 import numpy as np
@@ -52,11 +51,8 @@ def orders(subject: C.Subject, num_episodes: int, seed: int = 0) -> dict[str, np
     return out
 
 
-def run(config: C.StudyConfig, force: bool = False) -> dict:
-    if not force and (done := C.finished(EXPERIMENT, config)) is not None:
-        C.say(f"{EXPERIMENT}-{config.subject}: reusing the finished result (--force recomputes)")
-        return done
-    t0 = time.time()
+def compute(config: C.StudyConfig) -> dict:
+    """This experiment's results for one subject (``C.run`` reuses or records them)."""
     subject = C.load_subject(config)
     C.say(f"{config.subject}: the source learning {subject.n} held-out tasks from scratch")
     stream, _ = C.source_histories(subject)
@@ -139,7 +135,7 @@ def run(config: C.StudyConfig, force: bool = False) -> dict:
         ylabel=results["metric"],
         title=f"{config.subject}: the same transitions in another order "
               f"({len(subject.models)} seeds)")
-    return C.write_record(EXPERIMENT, config, results, t0)
+    return results
 
 
 def print_summary(record: dict) -> None:

@@ -23,7 +23,6 @@ Writes ``<out>/reward_path-<subject>.{json,png}``.
 from __future__ import annotations
 
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -86,11 +85,8 @@ def competent_prompt(subject: C.Subject):
     return as_history(C.take_episodes(stream, order))
 
 
-def run(config: C.StudyConfig, force: bool = False) -> dict:
-    if not force and (done := C.finished(EXPERIMENT, config)) is not None:
-        C.say(f"{EXPERIMENT}-{config.subject}: reusing the finished result (--force recomputes)")
-        return done
-    t0 = time.time()
+def compute(config: C.StudyConfig) -> dict:
+    """This experiment's results for one subject (``C.run`` reuses or records them)."""
     subject = C.load_subject(config)
     env, rpt, E = subject.env, subject.rollouts_per_task, subject.episodes
     prompt = competent_prompt(subject)
@@ -133,7 +129,7 @@ def run(config: C.StudyConfig, force: bool = False) -> dict:
                 float(x[c].mean() / x[0].mean()) for x in competence]
         results["heads"][label] = entry
     plot(subject, results)
-    return C.write_record(EXPERIMENT, config, results, t0)
+    return results
 
 
 def plot(subject: C.Subject, results: dict) -> None:

@@ -24,7 +24,6 @@ seeds, the paired difference from true rewards, and the curves.
 from __future__ import annotations
 
 import sys
-import time
 
 import jax
 import numpy as np
@@ -98,11 +97,8 @@ def summarise(curves_by_condition: dict, rollouts_per_task: int) -> dict:
     return out
 
 
-def run(config: C.StudyConfig, force: bool = False) -> dict:
-    if not force and (done := C.finished(EXPERIMENT, config)) is not None:
-        C.say(f"{EXPERIMENT}-{config.subject}: reusing the finished result (--force recomputes)")
-        return done
-    t0 = time.time()
+def compute(config: C.StudyConfig) -> dict:
+    """This experiment's results for one subject (``C.run`` reuses or records them)."""
     subject = C.load_subject(config)
     C.say(f"{config.subject}: the source learning {subject.n} held-out tasks from scratch")
     stream, source_curve = C.source_histories(subject)
@@ -127,7 +123,7 @@ def run(config: C.StudyConfig, force: bool = False) -> dict:
             c: C.over_seeds([float(r[:, -1].mean()) for r in v["regret"]])
             for c, v in closed.items()}
     plot(subject, results)
-    return C.write_record(EXPERIMENT, config, results, t0)
+    return results
 
 
 def plot(subject: C.Subject, results: dict) -> None:

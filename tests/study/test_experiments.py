@@ -52,7 +52,7 @@ def test_every_command_explains_itself(name, capsys):
 
 def test_the_goal_switch_refuses_a_bandit():
     with pytest.raises(ValueError, match="Dark Room only"):
-        goal_switch.run(C.StudyConfig(subject="bandit"))
+        goal_switch.compute(C.StudyConfig(subject="bandit"))
 
 
 def test_parked_walker_stays_on_the_goal_after_its_first_arrival():
