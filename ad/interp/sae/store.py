@@ -29,6 +29,7 @@ dataset's ordinary fields. ``ActivationStore`` reads one back (validated) as fla
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -198,11 +199,18 @@ def rollout_histories(model, cfg: StoreConfig, tasks: PyTree, first: int):
 
 
 def _vmapped_rollout(params, config, env, tasks, keys, num_steps, temperature, hooks):
-    one = lambda task, key: ev.ad_rollout(  # noqa: E731  a batch of one task per key
-        params, config, env, jax.tree.map(lambda x: x[None], task), key, num_steps,
-        temperature, record_policy=True, record=hooks)
-    ro = jax.jit(jax.vmap(one))(tasks, keys)
+    ro = _rollout_fn(config, env, num_steps, temperature, hooks)(params, tasks, keys)
     return jax.tree.map(lambda x: x[:, 0], ro)
+
+
+@functools.lru_cache(maxsize=8)
+def _rollout_fn(config, env, num_steps, temperature, hooks):
+    """One compiled rollout per (model shape, env, length, hooks), reused by every shard
+    (a fresh ``jit`` per call would retrace and recompile for each shard)."""
+    def one(params, task, key):  # a batch of one task per key: each history its own key
+        return ev.ad_rollout(params, config, env, jax.tree.map(lambda x: x[None], task), key,
+                             num_steps, temperature, record_policy=True, record=hooks)
+    return jax.jit(jax.vmap(one, in_axes=(None, 0, 0)))
 
 
 def write_store(out: str | Path, cfg: StoreConfig, *, model=None, shard_size: int = 64,
