@@ -57,6 +57,7 @@ from ad.train import open_training_dataset
 from ad.train_step import TrainState, init_train_state, make_optimizer, make_train_step
 from ad.utils import atomic_write_text, provenance
 from ad.windows import Prefetcher, WindowSampler
+from source_agents import bandits
 
 PyTree = Any
 WEIGHTS = Path(__file__).parent / "weights"
@@ -244,9 +245,9 @@ class Regret(NamedTuple):
 
 
 def pseudo_regret(means: jax.Array, actions: jax.Array) -> jax.Array:
-    """(N,) sum over pulls of ``max(means) - means[action]``; means (N, A), actions (N, S)."""
-    chosen = jnp.take_along_axis(means, actions, axis=1)
-    return (means.max(-1, keepdims=True) - chosen).sum(-1)
+    """(N,) cumulative pseudo-regret over the pulls: the bandit sources' per-pull
+    ``source_agents.bandits.pseudo_regret`` summed; means (N, A), actions (N, S)."""
+    return bandits.pseudo_regret(means, actions).sum(-1)
 
 
 def model_regret(params_stack: PyTree, config: ModelConfig, env, tasks, key,
