@@ -267,6 +267,21 @@ def along_stream(agent, obs: PyTree, action: jax.Array, reward: jax.Array,
     return jnp.swapaxes(values, 0, 1)
 
 
+def policy_along(agent, obs: PyTree, action: jax.Array, reward: jax.Array, done: jax.Array,
+                 ties: str = "share") -> np.ndarray:
+    """(B, T, A): the agent's policy at every step of recorded streams — the argmax of its
+    ``along_stream`` values. ``ties="share"``: tied actions share the probability;
+    ``"first"``: all of it on the lowest index (the bandit sources' ``jnp.argmax``, so UCB1
+    is then its source exactly)."""
+    if ties not in ("share", "first"):
+        raise ValueError(f"policy_along: ties must be 'share' or 'first', got {ties!r}")
+    v = np.asarray(along_stream(agent, obs, action, reward, done))
+    if ties == "first":
+        return np.eye(v.shape[-1], dtype=np.float32)[v.argmax(-1)]
+    best = v >= v.max(-1, keepdims=True)
+    return (best / best.sum(-1, keepdims=True)).astype(np.float32)
+
+
 def argmax_ties(key: jax.Array, values: jax.Array) -> jax.Array:
     """(n,) int32: the argmax of each row of ``values`` (n, A), ties uniformly at random."""
     best = values >= values.max(-1, keepdims=True)

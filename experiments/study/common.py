@@ -250,13 +250,11 @@ def quality(subject: Subject, stream: Stream, pi: np.ndarray) -> np.ndarray:
 
 
 def reference_policy(agent, stream: Stream) -> np.ndarray:
-    """(B, T, A) a reference agent's policy on the same stream: the argmax of its values
-    (``ad.interp.agents.along_stream``), ties sharing the probability."""
-    from ad.interp.agents import along_stream
+    """(B, T, A) a reference agent's policy on the same stream: the argmax of its values,
+    ties sharing the probability (``ad.interp.agents.policy_along``)."""
+    from ad.interp.agents import policy_along
 
-    v = np.asarray(along_stream(agent, stream.obs, stream.action, stream.reward, stream.done))
-    best = v >= v.max(-1, keepdims=True)
-    return best / best.sum(-1, keepdims=True)
+    return policy_along(agent, stream.obs, stream.action, stream.reward, stream.done)
 
 
 def per_episode(values: np.ndarray, done: np.ndarray, num_episodes: int) -> np.ndarray:

@@ -38,7 +38,7 @@ import numpy as np
 from ad import evaluate as ev
 from ad import hooks
 from ad.checkpoints import LoadedModel, load_model
-from ad.interp import streams
+from ad.interp import agents, streams
 from ad.interp.cache import run_with_cache
 from ad.interp.streams import Stream
 from source_agents.history import LearningHistory
@@ -633,22 +633,12 @@ def _valid_part(p: streams.Padded) -> Stream:
 
 
 # ----------------------------------------------------------------------------------------
-# Reference agents (host NumPy: one pass over the stream)
+# Reference agents
 # ----------------------------------------------------------------------------------------
 def ucb1_policy(stream: Stream, num_arms: int, c: float = 1.0) -> np.ndarray:
     """(T, A) UCB1's choice at every step given the stream's earlier pulls and rewards, as
-    a one-hot distribution (``source_agents.bandits.ucb_index``; lowest index on ties, as
-    the source's argmax)."""
-    from source_agents.bandits import ArmStats, ucb_index
-
-    action = np.asarray(stream.action)[0]
-    reward = np.asarray(stream.reward)[0]
-    onehot = np.eye(num_arms, dtype=np.float32)[action]
-    counts = np.concatenate([np.zeros((1, num_arms)), np.cumsum(onehot, 0)[:-1]]).astype(np.float32)
-    sums = np.concatenate([np.zeros((1, num_arms)),
-                           np.cumsum(onehot * reward[:, None], 0)[:-1]]).astype(np.float32)
-    index = jax.vmap(lambda n, s: ucb_index(ArmStats(n, s), c))(counts, sums)
-    return np.eye(num_arms, dtype=np.float32)[np.asarray(jnp.argmax(index, -1))]
+    a one-hot distribution (lowest index on ties, as the source's argmax)."""
+    return agents.policy_along(agents.UCB1(num_arms, c), *_fields(stream), ties="first")[0]
 
 
 def darkroom_reference(stream: Stream, size: int) -> np.ndarray:
@@ -693,6 +683,11 @@ def darkroom_reference(stream: Stream, size: int) -> np.ndarray:
         else:
             ruled_out[cell[0], cell[1]] = True
     return out
+
+
+def _fields(stream: Stream):
+    return (np.asarray(stream.obs), np.asarray(stream.action), np.asarray(stream.reward),
+            np.asarray(stream.done))
 
 
 def episode_returns(stream: Stream) -> list[float]:
