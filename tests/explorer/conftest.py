@@ -59,8 +59,10 @@ def server(explorer):
         yield url
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """A headless Debian Chromium (fresh profile) under Playwright."""
+    """A headless Debian Chromium (fresh profile) under Playwright, closed at the end of the
+    module: a Playwright sync session left open would make any later one in this worker
+    (e.g. the SAE browser test) fail with "Sync API inside the asyncio loop"."""
     with chromium(chromium_or_skip()) as context:
         yield context
