@@ -182,15 +182,15 @@ def test_continue_feeds_only_the_reach_and_matches_the_full_context(session, str
 
 
 def test_darkroom_reference_by_hand():
-    """Start at the centre knowing nothing: stay (the centre may be the goal); once it paid
-    nothing there, the four moves (every neighbour is a nearest candidate); a paid cell is
-    the goal: head back to it."""
+    """Start at the centre knowing nothing: the centre and its four neighbours are all
+    untested, so staying and the four moves tie; once the centre paid nothing, the four
+    moves; a paid cell is the goal: head back to it."""
     obs = np.array([[4, 4], [4, 4], [5, 4], [6, 4], [6, 4]])
     action = np.array([0, 1, 1, 0, 2])
     reward = np.array([0, 0, 1, 1, 0], np.float32)
     s = Stream(obs[None], action[None], reward[None], np.zeros((1, 5), bool))
     p = engine.darkroom_reference(s, 9)
-    np.testing.assert_array_equal(p[0], [1, 0, 0, 0, 0])
+    np.testing.assert_allclose(p[0], [.2, .2, .2, .2, .2], atol=1e-7)
     np.testing.assert_array_equal(p[1], [0, .25, .25, .25, .25])
     np.testing.assert_allclose(p[2], [0, 1 / 3, 0, 1 / 3, 1 / 3], atol=1e-7)  # (4,4), (5,4) out
     np.testing.assert_array_equal(p[3], [1, 0, 0, 0, 0])  # on the goal (6,4): stay

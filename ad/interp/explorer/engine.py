@@ -642,47 +642,11 @@ def ucb1_policy(stream: Stream, num_arms: int, c: float = 1.0) -> np.ndarray:
 
 
 def darkroom_reference(stream: Stream, size: int) -> np.ndarray:
-    """(T, 5) the goal-posterior agent of Dark Room at each step of the stream.
-
-    Its belief: the goal is a cell where a move has paid; until one has, it is uniform
-    over the cells no move has ended on without pay (those are ruled out). Its policy: if
-    the goal is known, uniform over the moves that bring it closer (the no-op on it);
-    otherwise uniform over the moves that bring it closer to the nearest cells not ruled
-    out. Standing on its target it stays: the no-op, or a move into the wall, which stays
-    as well (the moves are equivalent, so they share the probability). It assumes every
-    step that ends on the goal pays (Dark Room's rule)."""
-    from envs.darkroom import MOVES
-
-    obs = np.asarray(stream.obs)[0]
-    action = np.asarray(stream.action)[0]
-    reward = np.asarray(stream.reward)[0]
-    T = action.shape[0]
-    ruled_out = np.zeros((size, size), bool)
-    goal = None
-    xs, ys = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
-    out = np.zeros((T, 5), np.float32)
-    for t in range(T):
-        pos = obs[t]
-        if goal is not None:
-            targets = [np.asarray(goal)]
-        else:
-            d = np.abs(xs - pos[0]) + np.abs(ys - pos[1])
-            d = np.where(ruled_out, np.iinfo(np.int32).max, d)
-            best = d.min()
-            targets = [np.array([x, y]) for x, y in zip(*np.nonzero(d == best))] \
-                if best < np.iinfo(np.int32).max else [pos]
-        after = np.clip(pos + MOVES, 0, size - 1)  # (5, 2): a move into the wall stays
-        now = min(np.abs(g - pos).sum() for g in targets)
-        new = np.array([min(np.abs(g - a).sum() for g in targets) for a in after])
-        good = new < now if now > 0 else new == 0  # on a target: every action that stays
-        out[t] = good / good.sum()
-        # what step t taught the agent (the move's cell and whether it paid)
-        cell = np.clip(pos + MOVES[action[t]], 0, size - 1)
-        if reward[t] > 0:
-            goal = cell
-        else:
-            ruled_out[cell[0], cell[1]] = True
-    return out
+    """(T, 5) the Dark Room goal-posterior agent (``ad.interp.agents.GoalPosterior``, the
+    study's) at each step of the stream: a shortest path to the goal once a move has paid,
+    else to the nearest cells no move has ended on without pay; equivalent moves (ties)
+    share the probability."""
+    return agents.policy_along(agents.GoalPosterior(size), *_fields(stream), ties="share")[0]
 
 
 def _fields(stream: Stream):
