@@ -17,6 +17,11 @@ describes (an edited config or foreign weights never load silently); that every 
 is finite. A checkpoint that fails is skipped for the one before it, with a warning.
 Models and checkpoints written before checksums existed load with a one-line warning.
 
+With ``DistillConfig(snapshots=True)`` the run also keeps the model at step 0, every power
+of two of the step count and the last step, each as ``snapshots/step_<n>/model/`` (loaded
+with ``load_model(snapshot_dir(run_dir, n))``; ``snapshot_steps(run_dir)`` lists them):
+the study's over-training experiment reads them.
+
 Models saved before the house clean-up still load: fields removed since (see
 ``ad.config.REMOVED_FIELDS``) are accepted at their old defaults with a warning.
 """
@@ -45,6 +50,28 @@ from ad.integrity import (IntegrityError, file_digest, json_digest, remove_stale
 PyTree = Any
 CKPT_DIR = "checkpoints"
 MODEL_DIR = "model"
+SNAPSHOT_DIR = "snapshots"
+
+
+def checkpoint_steps(num_steps: int) -> list[int]:
+    """0, every power of two below ``num_steps``, and ``num_steps`` (AlgZoo's schedule:
+    the zoo's checkpoints and a run's snapshots)."""
+    steps, p = [0], 1
+    while p < num_steps:
+        steps.append(p)
+        p *= 2
+    return steps + [num_steps]
+
+
+def snapshot_dir(run_dir: str | os.PathLike, step: int) -> Path:
+    return Path(run_dir) / SNAPSHOT_DIR / f"step_{step:08d}"
+
+
+def snapshot_steps(run_dir: str | os.PathLike) -> list[int]:
+    """Steps of the finished snapshots of a run (those whose ``config.json`` exists)."""
+    root = Path(run_dir) / SNAPSHOT_DIR
+    return sorted(int(d.name.split("_")[1]) for d in root.glob("step_*")
+                  if (d / MODEL_DIR / "config.json").exists())
 
 
 # ----------------------------------------------------------------------------------------

@@ -56,8 +56,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
-from ad.checkpoints import (MODEL_DIR, restore_latest_checkpoint, save_checkpoint,
-                            save_model)
+from ad.checkpoints import (MODEL_DIR, checkpoint_steps, restore_latest_checkpoint,
+                            save_checkpoint, save_model, snapshot_dir)
 from ad.config import ArchConfig, ModelConfig
 from ad.dataset import Dataset, load_dataset
 from ad.integrity import remove_stale_temp_files, warn_legacy
@@ -101,6 +101,9 @@ class DistillConfig:
     #   last_steps steps (its final, expert episodes)
     # ---- bookkeeping ----------------------------------------------------------------------
     checkpoint_every: int = 500  # steps between checkpoints (and at the end)
+    snapshots: bool = False  # also keep the model at step 0, every power of two and the
+    #   end (ad.checkpoints.snapshot_dir; the study's over-training experiment); training
+    #   is unchanged (same params at every step as without)
     log_every: int = 50  # steps between metric lines
     progress: bool = True  # show a progress bar
 
@@ -350,6 +353,15 @@ def _distill_locked(config: DistillConfig, run_dir: Path, overwrite: bool) -> Pa
     state = jax.device_put(state, replicated)
     start_step = int(state.step)
 
+    def snapshot(done: int):
+        save_model(snapshot_dir(run_dir, done), model_config, state.params,
+                   env=dataset.spec.env, env_overrides=dataset.spec.env_overrides,
+                   dataset=str(dataset.path), source=dataset.spec.source,
+                   dataset_id=dataset.content_id)
+
+    snapshot_at = set(checkpoint_steps(config.num_steps)) if config.snapshots else set()
+    if 0 in snapshot_at and start_step == 0:
+        snapshot(0)
     train_step = parallel.guarded_step
     first_bad = jax.device_put(jnp.int32(-1), replicated)
     sampler = WindowSampler(dataset, model_config, config.window_steps, config.batch_size,
@@ -392,6 +404,9 @@ def _distill_locked(config: DistillConfig, run_dir: Path, overwrite: bool) -> Pa
                             tb.add_scalar(k, v, done)
                     bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.2f}",
                                     steps_s=f"{rate:,.0f}")
+                if done in snapshot_at:
+                    check_finite()
+                    snapshot(done)
                 if done % config.checkpoint_every == 0 or done == config.num_steps:
                     check_finite()
                     save_checkpoint(run_dir, state)

@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from ad.checkpoints import load_model, save_model
+from ad.checkpoints import checkpoint_steps, load_model, save_model
 from ad.config import ArchConfig, ModelConfig
 from ad.evaluate import ad_rollout, eval_tasks, mean_and_ci, source_learning
 from ad.integrity import file_digest
@@ -124,15 +124,6 @@ def model_config(family: Family, arch: Arch, env) -> ModelConfig:
     return ModelConfig.for_env(env, ArchConfig(
         context=family.context, d_model=arch.d_model, num_layers=arch.num_layers,
         num_heads=arch.num_heads, mlp_dim=arch.mlp_dim, dropout=0.0))
-
-
-def checkpoint_steps(num_steps: int) -> list[int]:
-    """0, every power of two below ``num_steps``, and ``num_steps``."""
-    steps, p = [0], 1
-    while p < num_steps:
-        steps.append(p)
-        p *= 2
-    return steps + [num_steps]
 
 
 def num_params(params: PyTree) -> int:

@@ -195,3 +195,19 @@ def test_a_partial_metrics_line_is_dropped_on_resume(tmp_path):
                     '{"step": 150, "loss": 0.8}\n{"step": 200, "lo')
     _truncate_metrics(path, 100)
     assert path.read_text() == '{"step": 50, "loss": 1.0}\n{"step": 100, "loss": 0.9}\n'
+
+
+def test_snapshots_keep_the_model_at_powers_of_two_without_changing_training(darkroom_data, tmp_path):
+    from ad.checkpoints import checkpoint_steps, snapshot_dir, snapshot_steps
+
+    assert checkpoint_steps(6) == [0, 1, 2, 4, 6]
+    assert checkpoint_steps(8) == [0, 1, 2, 4, 8]
+    cfg = dict(TINY, num_steps=6, checkpoint_every=3)
+    plain = load_model(distill(DistillConfig(dataset=str(darkroom_data), out=str(tmp_path / "a"), **cfg)))
+    run = distill(DistillConfig(dataset=str(darkroom_data), out=str(tmp_path / "s"), snapshots=True, **cfg))
+    assert snapshot_steps(run) == [0, 1, 2, 4, 6]
+    assert _params_equal(load_model(run).params, plain.params)  # training unchanged
+    assert _params_equal(load_model(snapshot_dir(run, 6)).params, plain.params)
+    init = load_model(snapshot_dir(run, 0)).params
+    # step 0 is the initialisation (the first update has lr 0 under the linear warm-up)
+    assert not _params_equal(init, load_model(snapshot_dir(run, 2)).params)
