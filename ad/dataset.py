@@ -28,6 +28,10 @@ On-disk format (``SCHEMA_VERSION`` = 1)
         terminated.npy, truncated.npy  (n, T) bool
         intended_action.npy            (n, T) int32, only from sources that inject noise:
                                          their choice before it (source_agents.history)
+        internals.<name>.npy           (n, T, ...) optional: the source's own per-step
+                                         quantities (e.g. R-max's visit counts and values;
+                                         ``collect --internals``), for probes and SAE
+                                         labels; never read into training windows
         params.<path>.npy              (n, *shape) task params, one row per history
         episode_returns.npy            (n, E) float32: the source's return in each completed
                                          episode, NaN-padded; E = most episodes in the shard
@@ -124,6 +128,7 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _STEP_FIELDS = ("action", "reward", "terminated", "truncated")
 # step fields a source may leave out (None in its LearningHistory); stored when present
 _OPTIONAL_STEP_FIELDS = ("intended_action",)
+INTERNALS = "internals"  # file-stem prefix of a source's optional per-step internal quantities
 # stored dtype and the dtype kinds a source may hand over for it
 _STEP_DTYPES = {
     "action": (np.int32, "iu"),
@@ -531,6 +536,7 @@ class DatasetWriter:
         history: LearningHistory,
         params: PyTree,
         episode_returns: np.ndarray | None = None,
+        internals: Mapping[str, np.ndarray] | None = None,
     ) -> Path:
         """Atomically write histories ``[start, start + n)``; returns the shard directory.
 
@@ -538,6 +544,8 @@ class DatasetWriter:
         leaves ``(n, ...)``. ``episode_returns`` is the source's ``(n, E)`` NaN-padded
         per-episode returns; by default it is computed from ``history`` (pass it when
         ``history`` was subsampled, so the source's full learning curve is kept).
+        ``internals`` maps names to the source's ``(n, T, ...)`` numeric per-step
+        quantities (stored as ``internals.<name>``; every shard must store the same names).
         """
         history = jax.device_get(history)
         params = jax.device_get(params)
@@ -559,6 +567,11 @@ class DatasetWriter:
             if value.dtype.kind not in allowed_kinds:
                 raise ValueError(f"history.{field}: dtype {value.dtype} cannot be stored as {np.dtype(target)}")
             files[field], kinds[field] = value.astype(target, copy=False), "step"
+        for key, value in (internals or {}).items():
+            value = np.asarray(value)
+            if value.dtype.kind not in "biuf":
+                raise ValueError(f"internals[{key!r}]: dtype {value.dtype} is not numeric")
+            files[f"{INTERNALS}.{key}"], kinds[f"{INTERNALS}.{key}"] = value, "step"
         for name, arr in files.items():
             if arr.shape[:2] != (n, num_steps):
                 raise ValueError(f"history leaf {name!r}: shape {arr.shape} does not start with (n, T) = {(n, num_steps)}")
@@ -960,6 +973,22 @@ class Dataset:
         return self._gather_rows(name, np.arange(self.num_histories))
 
     @property
+    def internal_fields(self) -> tuple[str, ...]:
+        """Names of the source's stored per-step internal quantities (may be empty)."""
+        return tuple(n[len(INTERNALS) + 1:] for n in self.names(INTERNALS))
+
+    def internals(self, i: int) -> dict[str, np.ndarray]:
+        """History ``i``'s source internals, ``{name: (T, ...)}`` memory-mapped views,
+        aligned with ``history(i)``'s steps."""
+        if not self.internal_fields:
+            raise ValueError(f"{self.path}: stores no source internals (collect with "
+                             f"--internals from a source that emits them, e.g. rmax or psrl)")
+        s = int(self._locate(np.array([i]))[0])
+        arrays = self._shard_arrays(s)
+        row = i - self._shards[s]["start"]
+        return {name: arrays[f"{INTERNALS}.{name}"][row] for name in self.internal_fields}
+
+    @property
     def optional_step_fields(self) -> tuple[str, ...]:
         """The optional step fields (``intended_action``) this dataset stores."""
         return tuple(f for f in _OPTIONAL_STEP_FIELDS if f in self._leaves)
@@ -1011,7 +1040,8 @@ class Dataset:
                 f"got {start.min()}..{start.max()}"
             )
         shard_of = self._locate(history_idx)
-        step_names = [n for n, leaf in self._leaves.items() if leaf["kind"] == "step"]
+        step_names = [n for n, leaf in self._leaves.items()
+                      if leaf["kind"] == "step" and not n.startswith(INTERNALS + ".")]
         out = {
             n: np.empty((len(history_idx), length, *self._leaves[n]["shape"]), np.dtype(self._leaves[n]["dtype"]))
             for n in step_names

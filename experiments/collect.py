@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import inspect
 import math
 import sys
 import time
@@ -75,6 +76,7 @@ class CollectConfig:
     #   width); part of the dataset spec: history i is computed in chunk i // chunk_size
     subsample_every: int = 1  # keep only episodes 0, k, 2k, ... (1 keeps all)
     subsample_steps: int = 0  # with subsampling, crop each history to its first S kept steps (0: keep all; needed for variable-length episodes)
+    internals: bool = False  # also store the source's per-step internal quantities (sources whose make_train takes internals=True: rmax, psrl)
     overwrite: bool = False  # delete an existing dataset at `out` instead of resuming it
     verbose: bool = True  # progress bar and closing summary on stdout
 
@@ -137,8 +139,15 @@ def subsample_episodes(history: LearningHistory, every: int, keep_steps: int = 0
     ``keep_steps`` kept steps (its last kept episode may then be cut short, as the end
     of any stored history can be).
     """
+    return episode_selection(history, every, keep_steps)(history)
+
+
+def episode_selection(history: LearningHistory, every: int, keep_steps: int = 0):
+    """``take(tree)``: ``subsample_episodes``'s choice of steps, applied to any tree of
+    ``(n, T, ...)`` leaves aligned with ``history`` (the history itself, or the source's
+    internals, so both keep the same steps)."""
     if every == 1 and not keep_steps:
-        return history
+        return lambda tree: tree
     done = np.asarray(history.terminated) | np.asarray(history.truncated)  # (n, T)
     # episode index of each step: completed episodes strictly before it
     episode = np.cumsum(done, axis=1) - done
@@ -165,7 +174,7 @@ def subsample_episodes(history: LearningHistory, every: int, keep_steps: int = 0
     rows, cols = np.nonzero(keep)  # row-major: each history's kept steps in order
     n, t_kept = done.shape[0], int(kept[0])
     take = lambda x: np.asarray(x)[rows, cols].reshape(n, t_kept, *np.shape(x)[2:])  # noqa: E731
-    return jax.tree.map(take, history)
+    return lambda tree: jax.tree.map(take, tree)
 
 
 def source_performance(dataset: Dataset) -> SourcePerformance:
@@ -203,6 +212,9 @@ def _setup(config: CollectConfig):
         source_config = source_agents.make_config(source, config.env, **source_overrides)
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e)) from e
+    if config.internals and "internals" not in inspect.signature(source.make_train).parameters:
+        raise ConfigError(f"--internals: source {config.source!r} does not emit internal "
+                          f"quantities (its make_train takes no internals=; rmax and psrl do)")
     return env, env_overrides, source, source_config
 
 
@@ -216,6 +228,8 @@ def _prepare(config: CollectConfig):
     extra = {"subsample_every": config.subsample_every, "chunk_size": config.chunk_size}
     if config.subsample_steps:
         extra["subsample_steps"] = config.subsample_steps
+    if config.internals:
+        extra["internals"] = True
     note = _history_note(env, source, config.split)
     if note:
         extra["history_note"] = note
@@ -262,9 +276,12 @@ def collect(config: CollectConfig) -> Path:
             for shard_index, (start, stop) in enumerate(bar):
                 t_shard = time.perf_counter()
                 history, params = chunks.histories(start, stop)
+                history, internals = history if config.internals else (history, None)
                 m = stop - start
                 returns, _ = returns_table(history.reward, history.terminated | history.truncated)
-                writer.write_shard(start, subsample_episodes(history, config.subsample_every, config.subsample_steps), params, returns)
+                take = episode_selection(history, config.subsample_every, config.subsample_steps)
+                writer.write_shard(start, take(history), params, returns,
+                                   internals=None if internals is None else take(internals._asdict()))
                 written += m
                 shard_time = time.perf_counter() - t_shard
                 if shard_index > 0:  # the first shard pays for compilation
@@ -323,17 +340,19 @@ def _compiled(env, source_config, config: CollectConfig):
     several datasets with one source (train and test splits, resumes) compiles once.
     """
     try:
-        run = _cached_run(env, config.source, source_config)
+        run = _cached_run(env, config.source, source_config, config.internals)
         inputs = _cached_inputs(env, config.split, config.seed)
     except TypeError:  # an unhashable config: build uncached
-        run = _cached_run.__wrapped__(env, config.source, source_config)
+        run = _cached_run.__wrapped__(env, config.source, source_config, config.internals)
         inputs = _cached_inputs.__wrapped__(env, config.split, config.seed)
     return run, inputs
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_run(env, source_name: str, source_config):
-    return jax.jit(jax.vmap(resolve_source(source_name).make_train(env, source_config)))
+def _cached_run(env, source_name: str, source_config, internals: bool = False):
+    make_train = resolve_source(source_name).make_train
+    train = make_train(env, source_config, internals=True) if internals else make_train(env, source_config)
+    return jax.jit(jax.vmap(train))
 
 
 @functools.lru_cache(maxsize=8)
@@ -444,6 +463,10 @@ def build_parser() -> argparse.ArgumentParser:
         "episodes have different lengths (e.g. key-to-door), so that histories stay equally long "
         "(default: 0, keep all)",
     )
+    parser.add_argument(
+        "--internals", action="store_true",
+        help="also store the source's per-step internal quantities as internals.<name> "
+             "(R-max / PSRL: state, visits, value, q_taken, known_fraction), for probes")
     parser.add_argument("--out", required=True, help="dataset directory to create or resume")
     parser.add_argument(
         "--overwrite", action="store_true",
@@ -468,6 +491,7 @@ def config_from_args(args: argparse.Namespace) -> CollectConfig:
         chunk_size=args.chunk_size,
         subsample_every=args.subsample_every,
         subsample_steps=args.subsample_steps,
+        internals=args.internals,
         overwrite=args.overwrite,
         verbose=not args.quiet,
     )

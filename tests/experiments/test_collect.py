@@ -296,3 +296,33 @@ def test_noise_source_smoke(tmp_path):
     ds = load_dataset(out, verify=True)
     assert (ds.num_histories, ds.num_steps) == (2, 40) and ds.history(1).obs.shape == (40, 2)
     np.testing.assert_array_equal(ds.num_episodes, [4, 4])
+
+
+def test_internals_are_stored_aligned_with_the_kept_steps(tmp_path):
+    """--internals: R-max's per-step quantities are stored beside its history, through the
+    same episode subsampling, equal to running the source directly; training windows never
+    read them; a source without internals is refused."""
+    overrides = {"size": 5, "horizon": 10}
+    src = {"num_steps": 60, "plan_every": 10, "plan_sweeps": 10}
+    path = collect(CollectConfig(out=tmp_path / "ds", env="darkroom", env_overrides=overrides,
+                                 source="rmax", source_overrides=src, num_histories=3,
+                                 shard_size=2, subsample_every=2, internals=True, verbose=False))
+    ds = load_dataset(path)
+    assert set(ds.internal_fields) == {"state", "visits", "value", "q_taken", "known_fraction"}
+    env = envs.make("darkroom", **overrides)
+    rmax = collect_mod.resolve_source("rmax")
+    train = rmax.make_train(env, collect_mod.source_agents.make_config(rmax, "darkroom", **src),
+                            internals=True)
+    keys, params = collect_mod.make_history_inputs(env, "train", 0)(jnp.arange(3))
+    history, seen = jax.vmap(train)(keys, params)
+    keep = (np.arange(60) // 10) % 2 == 0  # 10-step episodes 0, 2, 4 kept
+    for i in range(3):
+        np.testing.assert_array_equal(ds.history(i).action, np.asarray(history.action)[i, keep])
+        for name in ds.internal_fields:
+            np.testing.assert_array_equal(ds.internals(i)[name],
+                                          np.asarray(getattr(seen, name))[i, keep])
+    windows = ds.read_windows(np.array([0, 2]), np.array([0, 5]), 10)
+    assert windows.action.shape == (2, 10)  # internals are not training inputs
+    with pytest.raises(collect_mod.ConfigError, match="does not emit internal"):
+        collect(CollectConfig(out=tmp_path / "ucb", env="bernoulli-bandit", source="ucb",
+                              internals=True, verbose=False))
