@@ -244,6 +244,17 @@ def by_episode(curve: np.ndarray, k: int) -> float:
     return float(np.mean(curve[..., lo:hi]))
 
 
+def episodes_to(curve: np.ndarray, level: float) -> int | None:
+    """First episode k (1-based) whose "by episode k" value (``by_episode``, all rows)
+    reaches ``level``; None if none within the curve. "Is AD faster than its source":
+    ``episodes_to(curve, 0.5 * optimum)`` for each, on the same held-out tasks."""
+    E = curve.shape[-1]
+    for k in range(1, E + 1):
+        if by_episode(curve, k) >= level:
+            return k
+    return None
+
+
 def mean_and_ci(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean over rows and the 95% normal confidence half-width (1.96 standard errors)."""
     curves = np.asarray(curves, np.float64)

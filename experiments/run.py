@@ -151,6 +151,8 @@ def summarise(setting: Setting, results: dict) -> dict:
                              for k, v in list(s[label].items())})
             s[label]["improvement"] = improvement(c, r["num_rollouts"], r.get(
                 "rollouts_per_task", 1))
+            if not r["regret"]:  # episodic tasks: is AD faster than its source?
+                s[label]["episodes_to_half_optimum"] = ev.episodes_to(c, 0.5 * opt)
         for label, reg in r["regret"].items():
             s[label]["cumulative_regret"] = float(reg[:, -1].mean())
             s[label]["cumulative_regret_se"] = float(reg[:, -1].std(ddof=1) / np.sqrt(len(reg)))
@@ -201,6 +203,11 @@ def print_summary(setting: Setting, summary: dict) -> None:
             row = "".join(f"{s[label].get(f'by_episode_{k}', float('nan')):10.3f}" for k in ks)
             reg = s[label].get("cumulative_regret")
             print(f"{label:8s}{row}" + (f"   {reg:8.2f}" if reg is not None else ""))
+        half = {label: s[label]["episodes_to_half_optimum"] for label in ("AD", "ED", "source")
+                if "episodes_to_half_optimum" in s.get(label, {})}
+        if half:
+            print("episodes to half the optimum: " + ", ".join(
+                f"{label} {'never' if k is None else k}" for label, k in half.items()))
         for label in ("AD", "ED"):
             imp = s.get(label, {}).get("improvement")
             if imp and imp["z"] is not None:

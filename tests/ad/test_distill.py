@@ -161,6 +161,15 @@ def test_by_episode_window():
     assert ev.by_episode(curve, 3) == pytest.approx(np.mean(np.arange(1, 9)))
 
 
+def test_episodes_to_a_level_uses_the_by_episode_window():
+    curve = np.tile(np.arange(1.0, 201.0), (3, 1))  # episode k returns k
+    # by episode k (k >= 5) = mean of episodes k-4 .. k+5 = k + 0.5
+    assert ev.episodes_to(curve, 10.5) == 10
+    assert ev.episodes_to(curve, 10.6) == 11
+    assert ev.episodes_to(curve, 3.5) == 1  # by episode 1 = mean of 1..6
+    assert ev.episodes_to(curve, 1e3) is None
+
+
 def test_toy_bandit_improves_in_context(tmp_path):
     """End to end on a 2-armed bandit: held-out reward over pulls 51-100 beats pulls 1-10
     by more than 5 standard errors across tasks."""
