@@ -54,7 +54,7 @@ def make_encoder(env: Environment, encoding: str = "onehot") -> Encoder:
     specs, treedef = jax.tree.flatten(
         env.observation_spec(), is_leaf=lambda s: hasattr(s, "num_values")
     )
-    num_features = int(np.prod(jax.eval_shape(env.source_features, _dummy_state(env)).shape))
+    num_features = int(np.prod(jax.eval_shape(env.source_features, abstract_state(env)).shape))
     discrete = [s for s in specs if s.num_values is not None]
     continuous_dim = sum(int(np.prod(s.shape)) for s in specs if s.num_values is None)
 
@@ -101,7 +101,7 @@ def make_encoder(env: Environment, encoding: str = "onehot") -> Encoder:
     return Encoder(encode, dim)
 
 
-def _dummy_state(env: Environment):
+def abstract_state(env: Environment):
     """An abstract env state, to read the shape of ``source_features`` without running."""
     params = jax.eval_shape(lambda k: env.sample_params(k, "train"), jax.random.key(0))
     return jax.eval_shape(lambda k, p: env.reset(k, p)[1], jax.random.key(0), params)

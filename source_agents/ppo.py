@@ -19,6 +19,14 @@ the GAE recursion never crosses an episode boundary (see ``gae``).
 
 Observations are encoded by ``networks.make_encoder`` together with the env's
 ``source_features`` (Key-to-Door's has-key bit), so a feed-forward policy suffices.
+
+What the agent was, step by step, for probes and for comparing a model with its source at
+the same stage of learning: ``make_train(env, config, internals=True)`` also returns
+``Internals`` (per step: the acting policy's log-probabilities and critic value at the
+step's observation, and which update's parameters acted; storable with ``collect
+--internals``); ``make_train(env, config, snapshots=True)`` also returns the network
+parameters each update's rollout acted with (leading axis ``num_updates``), and
+``make_apply(env, config)`` evaluates such parameters on any observation.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from source_agents.networks import (
     ACTIVATIONS,
     ENCODINGS,
     ActorCritic,
+    abstract_state,
     make_encoder,
     one_hot,
 )
@@ -188,6 +197,14 @@ class Transition(NamedTuple):
     final_x: jax.Array  # (in_dim,) encoding of the true next state (for bootstrapping)
 
 
+class Internals(NamedTuple):
+    """Per-step quantities of the acting agent (``make_train(..., internals=True)``)."""
+
+    log_probs: jax.Array  # (T, A) float32: its policy at the step's observation
+    value: jax.Array  # (T,) float32: its critic's value there
+    update: jax.Array  # (T,) int32: the update whose parameters acted (its stage of learning)
+
+
 class Batch(NamedTuple):
     x: jax.Array  # (B, in_dim)
     action: jax.Array  # (B,)
@@ -196,8 +213,32 @@ class Batch(NamedTuple):
     returns: jax.Array  # (B,)
 
 
-def make_train(env: Environment, config: Config):
-    """Static set-up; returns the pure ``train(key, params) -> LearningHistory``."""
+def make_apply(env: Environment, config: Config):
+    """``apply(net_params, obs) -> (log_probs (A,), value ())``: the policy and critic of
+    one set of parameters (e.g. a ``snapshots=True`` entry) at an observation. Only for
+    envs without source features (the recorded obs must be the agent's whole input)."""
+    encoder = make_encoder(env, config.encoding)
+    network = ActorCritic(
+        env.num_actions, tuple(config.hidden_sizes), config.activation, config.shared_torso
+    )
+    if jax.eval_shape(env.source_features, abstract_state(env)).shape != (0,):
+        raise ValueError(f"make_apply: {type(env).__name__} gives PPO source features that "
+                         f"a recorded observation does not hold")
+
+    def apply(net_params, obs):
+        logits, value = network.apply(net_params, encoder.encode(obs, jnp.zeros((0,))))
+        return jax.nn.log_softmax(logits), value
+
+    return apply
+
+
+def make_train(env: Environment, config: Config, internals: bool = False,
+               snapshots: bool = False):
+    """Static set-up; returns the pure ``train(key, params) -> LearningHistory``, or
+    ``(history, Internals)`` with ``internals``, or ``(history, net_params per update)``
+    with ``snapshots`` (module docstring). The history is the same in all three."""
+    if internals and snapshots:
+        raise ValueError("make_train: ask for internals or snapshots, not both")
     encoder = make_encoder(env, config.encoding)
     network = ActorCritic(
         env.num_actions, tuple(config.hidden_sizes), config.activation, config.shared_torso
@@ -263,6 +304,7 @@ def make_train(env: Environment, config: Config):
                 key_step, noise = xs
                 x = encoder.encode(obs, env.source_features(env_state))
                 logits, value = network.apply(net_params, x)
+                log_probs = jax.nn.log_softmax(logits) if internals else None
                 action = jnp.argmax(logits + noise).astype(jnp.int32)
                 log_prob = jnp.sum(jax.nn.log_softmax(logits) * one_hot(action, num_actions))
                 next_obs, next_state, reward, terminated, truncated, info = env.step(
@@ -275,9 +317,9 @@ def make_train(env: Environment, config: Config):
                     obs, x, action, log_prob, value, reward.astype(jnp.float32),
                     terminated, truncated, final_x,
                 )
-                return (next_obs, next_state), tr
+                return (next_obs, next_state), (tr, log_probs)
 
-            (obs, env_state), traj = jax.lax.scan(
+            (obs, env_state), (traj, log_probs) = jax.lax.scan(
                 env_step, (obs, env_state), (env_keys, gumbel),
                 unroll=config.rollout_unroll,
             )
@@ -297,13 +339,19 @@ def make_train(env: Environment, config: Config):
                 )
                 return jax.lax.scan(lambda c_, b: sgd_step(c_, b, ent_coef), c, shuffled)[0], None
 
-            (net_params, opt_state), _ = jax.lax.scan(
+            acted = net_params  # the parameters this update's rollout acted with
+            (new_params, opt_state), _ = jax.lax.scan(
                 epoch, (net_params, opt_state), jax.random.split(key_perm, config.num_epochs)
             )
             record = LearningHistory(
                 traj.obs, traj.action, traj.reward, traj.terminated, traj.truncated
             )
-            return (net_params, opt_state, obs, env_state), record
+            if internals:
+                record = (record, Internals(log_probs, traj.value,
+                                            jnp.full((T,), update_index, jnp.int32)))
+            elif snapshots:
+                record = (record, acted)
+            return (new_params, opt_state, obs, env_state), record
 
         _, records = jax.lax.scan(
             update,
@@ -311,6 +359,12 @@ def make_train(env: Environment, config: Config):
             (jnp.arange(config.num_updates), jax.random.split(key_loop, config.num_updates)),
         )
         # (num_updates, T, ...) -> (num_steps, ...): the updates' rollouts are consecutive.
-        return jax.tree.map(lambda a: a.reshape((config.num_steps,) + a.shape[2:]), records)
+        flat = lambda tree: jax.tree.map(  # noqa: E731
+            lambda a: a.reshape((config.num_steps,) + a.shape[2:]), tree)
+        if internals:
+            return flat(records[0]), flat(records[1])
+        if snapshots:
+            return flat(records[0]), records[1]
+        return flat(records)
 
     return train

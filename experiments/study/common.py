@@ -119,6 +119,11 @@ def load_subject(config: StudyConfig) -> Subject:
     return Subject(config, models, env, tasks, per_task)
 
 
+def source_key(config: StudyConfig, key_offset: int = 7) -> jax.Array:
+    """The key of the source's held-out runs (``experiments.run``'s)."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.key), 0), key_offset)
+
+
 def source_histories(subject: Subject, key_offset: int = 7, subsample: bool = True):
     """The source learning every held-out task from scratch (``experiments.run``'s call),
     as a ``Stream`` in the form the model was trained on (Dark Room: every k-th episode;
@@ -127,8 +132,7 @@ def source_histories(subject: Subject, key_offset: int = 7, subsample: bool = Tr
     setting = subject.config.setting
     source = source_agents.get(setting.source)
     source_config = source_agents.make_config(source, setting.env, **setting.source_overrides)
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(subject.config.key), 0),
-                             key_offset)
+    key = source_key(subject.config, key_offset)
     history, curve = memo(subject.config, "source", repr(source_config),
                           (subject.tasks, key), lambda: ev.source_learning(
                               source, source_config, subject.env, subject.tasks, key))

@@ -135,3 +135,30 @@ def test_key_to_door_history_is_consistent():
     ends = np.flatnonzero(term | trunc)
     assert np.all(np.diff(np.concatenate([[-1], ends])) <= 12)
     assert np.all(trunc[ends] == (np.diff(np.concatenate([[-1], ends])) == 12) & ~term[ends])
+
+
+def test_internals_and_snapshots_describe_the_acting_agent():
+    """internals=True and snapshots=True leave the history unchanged bit-for-bit; the
+    snapshot of update u, applied to the observations of u's rollout, gives exactly the
+    per-step log-probabilities and values the internals recorded."""
+    env = envs.make("darkroom", size=5, horizon=10)
+    config = ppo.Config(num_steps=256, **TINY)
+    params = jax.tree.map(lambda x: x[0], env.tasks("train"))
+    key = jax.random.PRNGKey(2)
+    plain = jax.jit(ppo.make_train(env, config))(key, params)
+    history, inside = jax.jit(ppo.make_train(env, config, internals=True))(key, params)
+    again, snaps = jax.jit(ppo.make_train(env, config, snapshots=True))(key, params)
+    for h in (history, again):
+        jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                     plain, h)
+    T = config.rollout_len
+    np.testing.assert_array_equal(np.asarray(inside.update), np.arange(256) // T)
+    np.testing.assert_allclose(np.exp(np.asarray(inside.log_probs)).sum(-1), 1.0, atol=1e-5)
+    assert jax.tree.leaves(snaps)[0].shape[0] == config.num_updates
+    apply = jax.vmap(ppo.make_apply(env, config), in_axes=(None, 0))
+    for u in range(config.num_updates):
+        logp, value = apply(jax.tree.map(lambda x: x[u], snaps), history.obs[u * T:(u + 1) * T])
+        np.testing.assert_allclose(logp, inside.log_probs[u * T:(u + 1) * T], atol=1e-6)
+        np.testing.assert_allclose(value, inside.value[u * T:(u + 1) * T], atol=1e-6)
+    with pytest.raises(ValueError, match="source features"):
+        ppo.make_apply(envs.make("key-to-door"), config)

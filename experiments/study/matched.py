@@ -1,0 +1,79 @@
+"""The source at the matched stage of its learning (experiment 4's PPO reference).
+
+"The same task's source at the same episode index": the source learns each held-out task
+from scratch (``common.source_histories``' run, same tasks and key) keeping the network
+parameters every update acted with (``source_agents.ppo.make_train(snapshots=True)``).
+At a step of the model's stream in its episode ``e`` (0-based), the reference is the
+policy the source acted with at the start of *its* episode ``e`` on the same task (its
+last episode once ``e`` passes it), applied to the model's observation: what the source
+would do there at the stage of learning the model's context has reached, counted in
+episodes. Its values are log-probabilities (a stochastic agent, like Thompson sampling).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import source_agents
+from experiments.study import common as C
+
+
+def stage_updates(source_done: np.ndarray, rollout_len: int, done: np.ndarray) -> np.ndarray:
+    """(B, T) int: for each step of streams ``done`` (B, T), the source update whose
+    parameters acted at the start of the source's episode of the same index (row by row;
+    ``source_done`` (B, T_src) are the source's episode ends, ``rollout_len`` its steps
+    per update)."""
+    source_done, done = np.asarray(source_done, bool), np.asarray(done, bool)
+    B = done.shape[0]
+    episode = np.cumsum(done, axis=1) - done  # model episode of each step (0-based)
+    out = np.empty(done.shape, np.int64)
+    for b in range(B):
+        starts = np.concatenate([[0], np.flatnonzero(source_done[b]) + 1])
+        starts = starts[starts < source_done.shape[1]]  # episodes the source began
+        out[b] = starts[np.minimum(episode[b], len(starts) - 1)] // rollout_len
+    return out
+
+
+def matched_log_probs(apply, snapshots, updates: np.ndarray, obs) -> np.ndarray:
+    """(B, T, A): ``apply(snapshots[b][updates[b, t]], obs[b, t])``'s log-probabilities;
+    ``snapshots`` leaves (B, num_updates, ...), ``obs`` leaves (B, T, ...)."""
+    @jax.jit
+    def row(snaps, u, o):
+        return jax.vmap(lambda ui, oi: apply(jax.tree.map(lambda x: x[ui], snaps), oi)[0])(u, o)
+
+    return np.stack([np.asarray(row(jax.tree.map(lambda x: x[b], snapshots),
+                                    jnp.asarray(updates[b]), jax.tree.map(lambda x: x[b], obs)))
+                     for b in range(updates.shape[0])])
+
+
+def source_snapshots(subject: C.Subject):
+    """The source's held-out run of ``common.source_histories`` (same tasks and key), with
+    the parameters of every update: (full history, snapshots with leaves (B, U, ...))."""
+    setting = subject.config.setting
+    if setting.source != "ppo":
+        raise ValueError(f"matched stage: only for a PPO source, not {setting.source!r}")
+    source = source_agents.get(setting.source)
+    config = source_agents.make_config(source, setting.env, **setting.source_overrides)
+    key = C.source_key(subject.config)
+    n = jax.tree.leaves(subject.tasks)[0].shape[0]
+
+    def fn():
+        train = jax.jit(jax.vmap(source.make_train(subject.env, config, snapshots=True)))
+        return train(jax.random.split(key, n), subject.tasks)
+
+    history, snaps = C.memo(subject.config, "source-snapshots", repr(config),
+                            (subject.tasks, key), fn)
+    return history, snaps, config
+
+
+def matched_source(subject: C.Subject, stream) -> np.ndarray:
+    """(B, T, A): the PPO source's log-probabilities at the matched stage on ``stream``
+    (the model's streams on ``subject.tasks``, row b on task b)."""
+    history, snaps, config = source_snapshots(subject)
+    source_done = np.asarray(history.terminated) | np.asarray(history.truncated)
+    updates = stage_updates(source_done, config.rollout_len, np.asarray(stream.done))
+    return matched_log_probs(source_agents.get("ppo").make_apply(subject.env, config), snaps,
+                             updates, stream.obs)
+
