@@ -48,30 +48,31 @@ def matched_log_probs(apply, snapshots, updates: np.ndarray, obs) -> np.ndarray:
                      for b in range(updates.shape[0])])
 
 
-def source_snapshots(subject: C.Subject):
-    """The source's held-out run of ``common.source_histories`` (same tasks and key), with
-    the parameters of every update: (full history, snapshots with leaves (B, U, ...))."""
+def source_snapshots(subject: C.Subject, tasks=None):
+    """The source learning ``tasks`` from scratch with the parameters of every update:
+    (full history, snapshots with leaves (B, U, ...)). By default the held-out tasks: the
+    run of ``common.source_histories`` (same tasks and key, so the same histories)."""
+    tasks = subject.tasks if tasks is None else tasks
     setting = subject.config.setting
     if setting.source != "ppo":
         raise ValueError(f"matched stage: only for a PPO source, not {setting.source!r}")
     source = source_agents.get(setting.source)
     config = source_agents.make_config(source, setting.env, **setting.source_overrides)
     key = C.source_key(subject.config)
-    n = jax.tree.leaves(subject.tasks)[0].shape[0]
+    n = jax.tree.leaves(tasks)[0].shape[0]
 
     def fn():
         train = jax.jit(jax.vmap(source.make_train(subject.env, config, snapshots=True)))
-        return train(jax.random.split(key, n), subject.tasks)
+        return train(jax.random.split(key, n), tasks)
 
-    history, snaps = C.memo(subject.config, "source-snapshots", repr(config),
-                            (subject.tasks, key), fn)
+    history, snaps = C.memo(subject.config, "source-snapshots", repr(config), (tasks, key), fn)
     return history, snaps, config
 
 
-def matched_source(subject: C.Subject, stream) -> np.ndarray:
+def matched_source(subject: C.Subject, stream, tasks=None) -> np.ndarray:
     """(B, T, A): the PPO source's log-probabilities at the matched stage on ``stream``
-    (the model's streams on ``subject.tasks``, row b on task b)."""
-    history, snaps, config = source_snapshots(subject)
+    (the model's streams on ``tasks``, default the held-out tasks; row b on task b)."""
+    history, snaps, config = source_snapshots(subject, tasks)
     source_done = np.asarray(history.terminated) | np.asarray(history.truncated)
     updates = stage_updates(source_done, config.rollout_len, np.asarray(stream.done))
     return matched_log_probs(source_agents.get("ppo").make_apply(subject.env, config), snaps,
