@@ -18,7 +18,8 @@ over tasks like ``ad.evaluate.policy_rollout``.
 Bandits (the rewards are in [0, 1]; the state is ``source_agents.bandits.ArmStats``):
 ``UCB1`` (``source_agents.bandits.ucb_index``: the source's own arithmetic), ``Thompson``
 (Beta(1, 1) posteriors; its values are log action probabilities), ``Gittins`` (the
-Bayes-optimal index for a stated discount, ``gittins_table``), ``Greedy`` (empirical
+Bayes-optimal index for a stated discount, ``gittins_table``), ``BayesBandit2`` (the exact
+finite-horizon Bayes policy of a 2-armed bandit, ``bayes2_table``), ``Greedy`` (empirical
 means, untried arms first) and ``Uniform`` (the floor). Dark Room:
 ``GoalPosterior``, the exact Bayes agent for a goal that is uniform over the cells not yet
 ruled out: a step that ends on a cell and pays 0 rules that cell out, a step that pays
@@ -163,6 +164,81 @@ class Gittins:
         a = (1 + state.sums).astype(jnp.int32)
         b = (1 + state.counts - state.sums).astype(jnp.int32)
         return table[a, b]
+
+    update = staticmethod(_update_stats)
+
+
+def _level_offsets(horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where the states of ``bayes2_table`` lie in its flat table: level ``n`` (pulls made)
+    starts at ``start[n]``; in it, arm 1's ``m1`` pulls start at ``start[n] + within[n, m1]``
+    and the state ``(s1, s2)`` (successes) follows at ``s1 * (n - m1 + 1) + s2``."""
+    within = np.zeros((horizon + 1, horizon + 2), np.int64)
+    for n in range(horizon + 1):
+        m1 = np.arange(n + 1)
+        within[n, 1:n + 2] = np.cumsum((m1 + 1) * (n - m1 + 1))
+    size = within[np.arange(horizon + 1), np.arange(horizon + 1) + 1]  # C(n + 3, 3)
+    start = np.concatenate([[0], np.cumsum(size)])
+    return start, within
+
+
+@functools.lru_cache(maxsize=4)
+def bayes2_table(horizon: int) -> np.ndarray:
+    """(states, 2) float32: the Bayes-optimal Q-value of each arm of a 2-armed Bernoulli
+    bandit with independent Beta(1, 1) priors and ``horizon`` pulls in all, in every state
+    ``(s1, f1, s2, f2)`` with ``n = s1 + f1 + s2 + f2 < horizon`` pulls made: the expected
+    total reward of the remaining ``horizon - n`` pulls when this arm is pulled now and the
+    best arm after. The exact finite-horizon dynamic program, backwards one level ``n`` at a
+    time; a level is a dense cube over ``(m1, s1, s2)`` (arm 1's pulls and each arm's
+    successes; ``m2 = n - m1``) so successors are slices of the next level's cube. Layout:
+    ``_level_offsets`` (``C(horizon + 3, 4)`` states: 4.4 million for 100 pulls, 35 MB)."""
+    if horizon < 1:
+        raise ValueError(f"bayes2_table: horizon must be >= 1, got {horizon}")
+    start, _ = _level_offsets(horizon)
+    table = np.empty((start[horizon], 2), np.float32)
+    value = np.zeros((horizon + 1,) * 3)  # level horizon: nothing left to earn
+    for n in range(horizon - 1, -1, -1):
+        m1, s1, s2 = np.ogrid[:n + 1, :n + 1, :n + 1]
+        p1, p2 = (1 + s1) / (2 + m1), (1 + s2) / (2 + n - m1)  # posterior means
+        # next level (n + 1), indexed [m1', s1', s2']: arm 1 moves m1 (and s1 on a success),
+        # arm 2 moves only s2 (its m2 = n + 1 - m1 grows with the level)
+        q1 = p1 * (1 + value[1:n + 2, 1:n + 2, :n + 1]) + (1 - p1) * value[1:n + 2, :n + 1, :n + 1]
+        q2 = p2 * (1 + value[:n + 1, :n + 1, 1:n + 2]) + (1 - p2) * value[:n + 1, :n + 1, :n + 1]
+        valid = (s1 <= m1) & (s2 <= n - m1)  # lexicographic (m1, s1, s2): the flat layout
+        table[start[n]:start[n + 1]] = np.stack([q1[valid], q2[valid]], -1)
+        value = np.maximum(q1, q2)
+    return table
+
+
+@dataclasses.dataclass(frozen=True)
+class BayesBandit2:
+    """The exact Bayes-optimal policy of a 2-armed Bernoulli bandit with Beta(1, 1) priors
+    and ``horizon`` pulls (undiscounted): its values are each arm's Q-value, the expected
+    total reward still to come (``bayes2_table``). Past the horizon only the next pull
+    counts: the posterior means."""
+
+    num_arms: int = 2
+    horizon: int = 100
+
+    def __post_init__(self):
+        if self.num_arms != 2:
+            raise ValueError(f"BayesBandit2: 2 arms only (the dynamic program's state), got "
+                             f"{self.num_arms}")
+
+    def init(self, n: int) -> ArmStats:
+        return ArmStats(jnp.zeros((n, 2)), jnp.zeros((n, 2)))
+
+    def values(self, state: ArmStats, obs) -> jax.Array:
+        start, within = (jnp.asarray(x) for x in _level_offsets(self.horizon))
+        m = state.counts.astype(jnp.int32)
+        s = state.sums.astype(jnp.int32)  # Bernoulli rewards: the successes
+        n = m.sum(-1)
+        inside = n < self.horizon
+        nc = jnp.minimum(n, self.horizon - 1)
+        m1 = jnp.minimum(m[:, 0], nc)
+        idx = start[nc] + within[nc, m1] + s[:, 0] * (nc - m1 + 1) + jnp.minimum(s[:, 1], nc - m1)
+        q = jnp.asarray(bayes2_table(self.horizon))[jnp.where(inside, idx, 0)]
+        mean = (1 + state.sums) / (2 + state.counts)
+        return jnp.where(inside[:, None], q, mean)
 
     update = staticmethod(_update_stats)
 

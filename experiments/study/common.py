@@ -6,7 +6,10 @@ Held-out tasks and the source's held-out histories are drawn exactly as
 ``experiments.run.evaluate_setting`` draws them (``ad.evaluate.eval_tasks`` with the same
 keys, ``ad.evaluate.source_learning``); Dark Room histories are then kept every
 ``setting.subsample_every``-th episode, the form the model was distilled from
-(``experiments.collect.subsample_episodes``).
+(``experiments.collect.subsample_episodes``). The zoo's 2-armed subject (``ZOO_SUBJECTS``)
+gets the same draw: bandit tasks of the env's test key stream (the zoo distilled it from
+histories on the train stream; its catalogue's held-out figures are another draw of the
+test stream, ``jax.random.key(0)``), so held out in the same sense as the 5-armed subject's.
 """
 
 from __future__ import annotations
@@ -36,14 +39,22 @@ from experiments.run import _cached_evaluation, improvement
 from experiments.settings import Setting, get_setting
 
 SUBJECTS = ("bandit", "darkroom")  # the settings of experiments.run the study runs on
+# Subjects an experiment runs on when asked (``--subjects``): the 5-armed bandit distilled from
+# Thompson sampling (a setting of experiments.run, trained like the others under --runs), and
+# the zoo's 2-armed bandit (``ZOO_SUBJECTS``).
+MORE_SUBJECTS = ("bandit-thompson", "bandit2")
+# Subjects whose models ship with the model zoo (``ad.zoo``; --runs is not read): family and
+# architecture. bandit2: the zoo's largest 2-armed configuration (the standard-size model is
+# not in the zoo), distilled from UCB1 on the train key stream like the 5-armed subject.
+ZOO_SUBJECTS = {"bandit2": ("bandit2", dict(d_model=16, num_layers=2, num_heads=2, mlp_dim=32))}
 
 
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
     """What one experiment run needs (every module's CLI fills it)."""
 
-    subject: str  # "bandit" or "darkroom": a setting trained by experiments.run
-    runs: str = "runs"  # root of the trained models: <runs>/<subject>/ad-seed<k>
+    subject: str  # SUBJECTS or MORE_SUBJECTS: a setting trained by experiments.run or a zoo entry
+    runs: str = "runs"  # root of the trained models: <runs>/<subject>/ad-seed<k> (zoo: unread)
     seeds: tuple[int, ...] = (0, 1, 2)  # training seeds (the unit for claims about the recipe)
     out: str = "docs/findings"  # <out>/<experiment>-<subject>.{json,png}
     tasks: int = 300  # bandits: held-out tasks (Dark Room: all 16 held-out goals)
@@ -52,8 +63,9 @@ class StudyConfig:
     cache: str = ""  # a folder for per-seed rollouts and policies ("" = none); not part of a result's identity
 
     def __post_init__(self):
-        if self.subject not in SUBJECTS:
-            raise ValueError(f"subject must be one of {SUBJECTS}, got {self.subject!r}")
+        if self.subject not in SUBJECTS + MORE_SUBJECTS:
+            raise ValueError(f"subject must be one of {SUBJECTS + MORE_SUBJECTS}, got "
+                             f"{self.subject!r}")
         if not self.seeds or any(s < 0 for s in self.seeds):
             raise ValueError(f"seeds must be ints >= 0, got {self.seeds!r}")
         if self.tasks < 2 or self.rollouts_per_task < 1:
@@ -62,15 +74,45 @@ class StudyConfig:
 
     @property
     def setting(self) -> Setting:
+        if self.subject in ZOO_SUBJECTS:
+            return zoo_setting(self.subject)
         return get_setting(self.subject)
 
     def run_dirs(self) -> list[Path]:
+        if self.subject in ZOO_SUBJECTS:
+            return zoo_run_dirs(self.subject, self.seeds)
         dirs = [Path(self.runs) / self.subject / f"ad-seed{s}" for s in self.seeds]
         for d in dirs:
             if not (d / "model" / "config.json").exists():
                 raise FileNotFoundError(f"{d}: no finished model (model/config.json missing); "
                                         f"train it with python -m experiments.run {self.subject}")
         return dirs
+
+
+def zoo_setting(subject: str) -> Setting:
+    """A zoo subject's recipe as a ``Setting`` (its family's env, source and histories; its
+    architecture and training in ``distill``): what the study reads of a setting."""
+    from ad.zoo.build import FAMILIES
+
+    family, arch = ZOO_SUBJECTS[subject]
+    f = FAMILIES[family]
+    return Setting(name=subject, env=f.env, source=f.source, histories=f.histories,
+                   source_overrides=dict(f.source_overrides),
+                   distill={**arch, "context": f.context, "num_steps": f.num_steps,
+                            "batch_size": f.batch_size, "lr": f.lr},
+                   eval_episodes=f.pulls, env_overrides=dict(f.env_overrides))
+
+
+def zoo_run_dirs(subject: str, seeds) -> list[Path]:
+    """The shipped final checkpoints of a zoo subject's seeds (``ad.zoo.load``'s folders)."""
+    import ad.zoo
+
+    family, arch = ZOO_SUBJECTS[subject]
+    entry = ad.zoo.find(family, **arch)
+    missing = sorted(set(seeds) - set(entry.seeds))
+    if missing:
+        raise ValueError(f"{subject}: {entry.name} ships seeds {list(entry.seeds)}, not {missing}")
+    return [entry.path / f"seed{s}" for s in seeds]
 
 
 class Subject(NamedTuple):
@@ -373,8 +415,9 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
     """The flags every experiment takes (``StudyConfig``'s fields)."""
     p = argparse.ArgumentParser(prog=prog, description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--subjects", nargs="+", choices=SUBJECTS, default=list(SUBJECTS),
-                   help="which trained settings to study (default: both)")
+    p.add_argument("--subjects", nargs="+", choices=SUBJECTS + MORE_SUBJECTS,
+                   default=list(SUBJECTS), help=f"which trained settings to study (default: "
+                   f"{' '.join(SUBJECTS)}; {' and '.join(MORE_SUBJECTS)} when asked)")
     p.add_argument("--runs", default="runs",
                    help="root of the trained models, <runs>/<subject>/ad-seed<k> (default: runs)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],

@@ -6,9 +6,10 @@ The model acts in closed loop (true rewards); on its own streams every reference
 of ``ad.interp.agents`` is run (``along_stream``: the agent's values at each step from
 the same history). Each agent's policy is ``softmax(values / T)`` with a temperature
 ``T`` fitted per agent and model seed on the model's streams on *training* tasks
-(minimum cross-entropy on a log-spaced grid); Thompson sampling's values are its own
-action log-probabilities, scored both tempered and as its own policy (``T = 1``); the
-uniform policy is the floor. On held-out tasks the
+(minimum cross-entropy on a log-spaced grid); the stochastic agents' values (Thompson
+sampling, PPO at the matched stage) are their own action log-probabilities, scored both
+tempered and as their own policy (``T = 1``); the uniform policy is the floor. On
+held-out tasks the
 score of an agent is the mean per-step log-likelihood of the model's policy under it,
 ``sum_a pi_model(a) log p_agent(a)`` (the expectation of the log-likelihood of the
 model's sampled action), early (bandits: pulls 1-10; Dark Room: episodes 1-10) and late
@@ -17,15 +18,24 @@ model's sampled action), early (bandits: pulls 1-10; Dark Room: episodes 1-10) a
 ``(1 - eps) argmax + eps uniform`` (ties share, eps = 0.1) instead of a softmax
 (Thompson: its own policy there).
 
-Agents: bandits — UCB1 (the source, exactly), Thompson sampling, greedy, the Gittins
-index at discount 0.9 (Thompson's probabilities from 64 posterior draws per step); Dark Room — the exact goal-posterior agent. The PPO source at the
-matched stage is not included (its policies are not stored with its histories).
-Bandits also report each agent's own cumulative pseudo-regret over 100 pulls when it acts.
-Writes ``<out>/fingerprint-<subject>.{json,png}``.
+Agents: bandits — UCB1, Thompson sampling (its probabilities from 64 posterior draws per
+step), greedy, the Gittins index at discount 0.9, and for 2 arms the exact finite-horizon
+Bayes policy (``ad.interp.agents.BayesBandit2``: its values are the Bayes-optimal
+Q-values for the pulls left); the subject's source is labelled "(source)" (UCB1 for
+``bandit`` and the zoo's ``bandit2``, Thompson for ``bandit-thompson``: a mimic matches
+*its* source). Dark Room — the exact goal-posterior agent, and the PPO source at the
+matched stage (``experiments.study.matched``: the same task's source run, at the model's
+episode index, applied to the model's observation; its temperature is fitted on the
+training tasks' own source runs). Bandits also report each agent's own cumulative
+pseudo-regret over 100 pulls when it acts. Writes ``<out>/fingerprint-<subject>.{json,png}``.
+
+    python -m experiments.study.fingerprint --runs RUNS --subjects bandit-thompson
+    python -m experiments.study.fingerprint --subjects bandit2 --seeds 0 1 2 3 4
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import jax
@@ -40,6 +50,7 @@ from ad.interp import agents as A  # noqa: E402
 from ad.interp.streams import Stream  # noqa: E402
 from experiments.run import _pseudo_regret  # noqa: E402
 from experiments.study import common as C  # noqa: E402
+from experiments.study.matched import matched_source  # noqa: E402
 
 EXPERIMENT = "fingerprint"
 TEMPERATURES = np.exp(np.linspace(np.log(1e-3), np.log(1e2), 61))
@@ -49,15 +60,40 @@ EPS = 0.1
 THOMPSON_SAMPLES = 64
 
 
+@dataclasses.dataclass(frozen=True)
+class MatchedSource:
+    """The PPO source at the matched stage (``experiments.study.matched``). Not an
+    ``ad.interp.agents`` agent: it needs the same task's source run, so its values (its
+    log-probabilities) come from ``matched_source`` on the stream and its tasks."""
+
+
 def agents_for(subject: C.Subject) -> dict:
     K = subject.env.num_actions
+    source = subject.config.setting.source
     if subject.bandit:
-        return {"UCB1 (source)": A.UCB1(K), "Thompson": A.Thompson(K, THOMPSON_SAMPLES),
-                "greedy": A.Greedy(K), "Gittins (0.9)": A.Gittins(K, 0.9)}
-    return {"goal posterior": A.GoalPosterior(subject.env.size)}
+        agents = {"UCB1": A.UCB1(K), "Thompson": A.Thompson(K, THOMPSON_SAMPLES),
+                  "greedy": A.Greedy(K), "Gittins (0.9)": A.Gittins(K, 0.9)}
+        if K == 2:
+            agents["Bayes (exact)"] = A.BayesBandit2(K, subject.episodes)
+        own = {"ucb": "UCB1", "thompson": "Thompson"}.get(source)
+        return {f"{k} (source)" if k == own else k: a for k, a in agents.items()}
+    agents = {"goal posterior": A.GoalPosterior(subject.env.size)}
+    if source == "ppo":
+        agents["PPO (matched stage)"] = MatchedSource()
+    return agents
 
 
-STOCHASTIC = ("Thompson",)  # values are log-probabilities: scored as is (T = 1) and tempered
+def stochastic(agent) -> bool:
+    """Values that are log-probabilities: scored as is (T = 1) and tempered."""
+    return isinstance(agent, A.Thompson | MatchedSource)
+
+
+def agent_values(subject: C.Subject, agent, stream: Stream, tasks) -> np.ndarray:
+    """(B, T, A): an agent's values along the model's streams (row b on task b of ``tasks``)."""
+    if isinstance(agent, MatchedSource):
+        return matched_source(subject, stream, tasks)
+    return np.asarray(A.along_stream(agent, stream.obs, stream.action, stream.reward,
+                                     stream.done))
 
 
 def log_softmax(v: np.ndarray, T: float) -> np.ndarray:
@@ -110,7 +146,8 @@ def compute(config: C.StudyConfig) -> dict:
     if env.finite_tasks:
         train_tasks = ev.repeat_tasks(train_tasks, 2)
     K = env.num_actions
-    names = [*agents, *(f"{k} (own policy, T=1)" for k in agents if k in STOCHASTIC), "uniform"]
+    names = [*agents, *(f"{k} (own policy, T=1)" for k, a in agents.items() if stochastic(a)),
+             "uniform"]
     temps = {name: [] for name in agents}
     scores = {w: {name: [] for name in names} for w in ("early", "late", "all")}
     eps_scores = {w: {name: [] for name in names} for w in ("early", "late")}
@@ -125,14 +162,12 @@ def compute(config: C.StudyConfig) -> dict:
         T = pi_test.shape[1]
         win = {**windows(subject, T), "all": slice(0, T)}
         for name, agent in agents.items():
-            v_train = np.asarray(A.along_stream(agent, s_train.obs, s_train.action,
-                                                s_train.reward, s_train.done))
-            v_test = np.asarray(A.along_stream(agent, s_test.obs, s_test.action,
-                                               s_test.reward, s_test.done))
+            v_train = agent_values(subject, agent, s_train, train_tasks)
+            v_test = agent_values(subject, agent, s_test, subject.tasks)
             t = fit_temperature(v_train, pi_train)
             temps[name].append(t)
             scored = {name: (log_softmax(v_test, t), eps_argmax_logp(v_test))}
-            if name in STOCHASTIC:  # its own policy; "argmax" of a sampler is not its policy
+            if stochastic(agent):  # its own policy; "argmax" of a sampler is not its policy
                 own = log_softmax(v_test, 1.0)
                 scored = {name: (log_softmax(v_test, t), own),
                           f"{name} (own policy, T=1)": (own, own)}
@@ -158,7 +193,7 @@ def compute(config: C.StudyConfig) -> dict:
                "loglik_eps_argmax": {w: {k: C.over_seeds(v) for k, v in d.items()}
                                      for w, d in eps_scores.items()},
                "ceiling_minus_model_entropy": {w: C.over_seeds(v) for w, v in ceiling.items()},
-               "eps": EPS, "windows": ("bandits: pulls 6-15 and 91-100" if subject.bandit
+               "eps": EPS, "windows": (f"bandits: pulls {K + 1}-{K + 10} and 91-100" if subject.bandit
                                        else "episodes 1-10 and 191-200")}
     for w in ("early", "late"):
         for table in ("loglik", "loglik_eps_argmax"):
@@ -173,7 +208,7 @@ def compute(config: C.StudyConfig) -> dict:
         regret = {}
         for name, agent in agents.items():
             ro = A.agent_rollout(agent, env, subject.tasks, key, subject.episodes) \
-                if name not in STOCHASTIC else None
+                if not stochastic(agent) else None
             if ro is None:  # Thompson acts by sampling: the source's own implementation
                 import source_agents
                 src = source_agents.get("thompson")

@@ -108,6 +108,47 @@ def test_gittins_index_matches_the_published_table_and_its_limits():
         assert abs(myopic[a, b] - a / (a + b)) < 5e-4
 
 
+def test_bayes_bandit2_is_the_brute_force_recursion():
+    """Every state of a 6-pull 2-armed bandit: the table's Q-values equal a plain memoised
+    recursion over (s1, f1, s2, f2); with one pull left they are the posterior means."""
+    import functools
+
+    H = 6
+
+    @functools.lru_cache(None)
+    def q(s1, f1, s2, f2):
+        def v(*state):
+            return 0.0 if sum(state) == H else max(q(*state))
+
+        p1, p2 = (1 + s1) / (2 + s1 + f1), (1 + s2) / (2 + s2 + f2)
+        return (p1 * (1 + v(s1 + 1, f1, s2, f2)) + (1 - p1) * v(s1, f1 + 1, s2, f2),
+                p2 * (1 + v(s1, f1, s2 + 1, f2)) + (1 - p2) * v(s1, f1, s2, f2 + 1))
+
+    states = np.array([s for s in np.ndindex(H, H, H, H) if sum(s) < H])  # 126 states
+    stats = A.ArmStats(jnp.asarray(states[:, [0, 2]] + states[:, [1, 3]], jnp.float32),
+                       jnp.asarray(states[:, [0, 2]], jnp.float32))
+    got = np.asarray(A.BayesBandit2(2, H).values(stats, None))
+    np.testing.assert_allclose(got, [q(*map(int, s)) for s in states], rtol=1e-6)
+    last = states.sum(1) == H - 1
+    np.testing.assert_allclose(got[last], (1 + states[last][:, [0, 2]]) /
+                               (2 + states[last][:, [0, 2]] + states[last][:, [1, 3]]), rtol=1e-6)
+    assert A.bayes2_table(H).shape == (126, 2)  # C(H + 3, 4): the layout has no gaps
+
+
+def test_bayes_bandit2_has_less_regret_than_ucb1():
+    """Acting, the Bayes-optimal policy beats UCB1 over 100 pulls on the same 2-armed tasks
+    (~1.9 vs ~5.7 pseudo-regret)."""
+    from experiments.run import _pseudo_regret
+
+    env = envs.make("bernoulli-bandit", num_arms=2)
+    tasks = jax.vmap(lambda k: env.sample_params(k, "test"))(jax.random.split(jax.random.key(0), 200))
+    regret = {}
+    for agent in (A.BayesBandit2(2, 100), A.UCB1(2)):
+        ro = A.agent_rollout(agent, env, tasks, jax.random.key(1), 100)
+        regret[type(agent).__name__] = _pseudo_regret(env, tasks, np.asarray(ro.action))[:, -1].mean()
+    assert regret["BayesBandit2"] < 0.6 * regret["UCB1"], regret
+
+
 def test_thompson_values_are_its_action_probabilities():
     """One arm pulled 20 times with 20 rewards, the other 20 times with none: Thompson picks
     the first almost surely; with no data both are equally likely."""

@@ -84,3 +84,52 @@ def test_head_masks_select_one_head_per_cell():
     for c in range(1, 7):
         l, h = divmod(c - 1, 3)
         assert where[c].sum() == 1 and where[c, l, 0, 0, h, 0]
+
+
+def test_fingerprint_darkroom_scores_ppo_at_the_matched_stage(tmp_path, monkeypatch):
+    """A tiny untrained Dark Room model, a short PPO source (12-episode streams): the PPO
+    agent at the matched stage gets a row, tempered and as its own policy, with finite
+    scores and a fitted temperature."""
+    import dataclasses
+
+    import envs
+    import jax
+    from ad.checkpoints import save_model
+    from ad.config import ArchConfig, ModelConfig
+    from ad.model import init_params
+    from experiments.settings import get_setting
+
+    cfg = ModelConfig.for_env(envs.make("darkroom"), ArchConfig(
+        context=20, d_model=8, num_layers=1, num_heads=2, mlp_dim=0, dropout=0.0))
+    save_model(tmp_path / "runs" / "darkroom" / "ad-seed0", cfg,
+               init_params(cfg, jax.random.key(0)), env="darkroom", env_overrides={})
+    small = dataclasses.replace(get_setting("darkroom"), eval_episodes=12,
+                                source_overrides={"num_steps": 256, "rollout_len": 64})
+    monkeypatch.setattr(C, "get_setting", lambda name: small)
+    config = C.StudyConfig(subject="darkroom", runs=str(tmp_path / "runs"), seeds=(0,),
+                           out=str(tmp_path / "out"), tasks=2, rollouts_per_task=1)
+    r = fingerprint.compute(config)
+    for label in ("PPO (matched stage)", "PPO (matched stage) (own policy, T=1)"):
+        for w in ("early", "late"):
+            assert np.isfinite(r["loglik"][w][label]["mean"])
+            assert -np.log(5) - 5 < r["loglik"][w][label]["mean"] < 0
+    assert r["temperatures"]["PPO (matched stage)"]["per_seed"][0] > 0
+
+
+def test_zoo_and_thompson_subjects():
+    """bandit2 loads the zoo's shipped 2-armed models (UCB1 its source, the exact Bayes agent
+    among the references); bandit-thompson labels Thompson as its source."""
+    import envs
+
+    config = C.StudyConfig(subject="bandit2", seeds=(0, 1, 2, 3, 4), tasks=4)
+    subject = C.load_subject(config)
+    assert len(subject.models) == 5 and subject.env.num_actions == 2 and subject.bandit
+    assert subject.episodes == 100 and subject.n == 4
+    assert list(fingerprint.agents_for(subject)) == [
+        "UCB1 (source)", "Thompson", "greedy", "Gittins (0.9)", "Bayes (exact)"]
+    with pytest.raises(ValueError, match="ships seeds"):
+        C.StudyConfig(subject="bandit2", seeds=(7,)).run_dirs()
+    thompson = C.Subject(C.StudyConfig(subject="bandit-thompson"), [],
+                         envs.make("bernoulli-bandit"), None, 1)
+    assert list(fingerprint.agents_for(thompson)) == [
+        "UCB1", "Thompson (source)", "greedy", "Gittins (0.9)"]
