@@ -6,7 +6,8 @@ The model acts in closed loop (true rewards); on its own streams every reference
 of ``ad.interp.agents`` is run (``along_stream``: the agent's values at each step from
 the same history). Each agent's policy is ``softmax(values / T)`` with a temperature
 ``T`` fitted per agent and model seed on the model's streams on *training* tasks
-(minimum cross-entropy on a log-spaced grid); the stochastic agents' values (Thompson
+(minimum cross-entropy on a log-spaced grid, from the early window's first step on:
+bandits skip the first ``K`` pulls, as the windows do); the stochastic agents' values (Thompson
 sampling, PPO at the matched stage) are their own action log-probabilities, scored both
 tempered and as their own policy (``T = 1``); the uniform policy is the floor. On
 held-out tasks the
@@ -161,10 +162,12 @@ def compute(config: C.StudyConfig) -> dict:
                                         jax.random.fold_in(jax.random.fold_in(base, 0), 50 + i))
         T = pi_test.shape[1]
         win = {**windows(subject, T), "all": slice(0, T)}
+        fit = slice(win["early"].start, None)
         for name, agent in agents.items():
             v_train = agent_values(subject, agent, s_train, train_tasks)
             v_test = agent_values(subject, agent, s_test, subject.tasks)
-            t = fit_temperature(v_train, pi_train)
+            # fitted on the steps the windows score (bandits: not the first K forced pulls)
+            t = fit_temperature(v_train[:, fit], pi_train[:, fit])
             temps[name].append(t)
             scored = {name: (log_softmax(v_test, t), eps_argmax_logp(v_test))}
             if stochastic(agent):  # its own policy; "argmax" of a sampler is not its policy

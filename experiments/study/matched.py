@@ -12,6 +12,8 @@ episodes. Its values are log-probabilities (a stochastic agent, like Thompson sa
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,16 +38,31 @@ def stage_updates(source_done: np.ndarray, rollout_len: int, done: np.ndarray) -
     return out
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _row(apply, snaps, u, o):
+    """One row: step t applies snapshot ``u[t]`` to observation ``o[t]`` (compiled once per
+    ``apply`` and shape)."""
+    return jax.vmap(lambda ui, oi: apply(jax.tree.map(lambda x: x[ui], snaps), oi)[0])(u, o)
+
+
 def matched_log_probs(apply, snapshots, updates: np.ndarray, obs) -> np.ndarray:
     """(B, T, A): ``apply(snapshots[b][updates[b, t]], obs[b, t])``'s log-probabilities;
     ``snapshots`` leaves (B, num_updates, ...), ``obs`` leaves (B, T, ...)."""
-    @jax.jit
-    def row(snaps, u, o):
-        return jax.vmap(lambda ui, oi: apply(jax.tree.map(lambda x: x[ui], snaps), oi)[0])(u, o)
-
-    return np.stack([np.asarray(row(jax.tree.map(lambda x: x[b], snapshots),
+    return np.stack([np.asarray(_row(apply, jax.tree.map(lambda x: x[b], snapshots),
                                     jnp.asarray(updates[b]), jax.tree.map(lambda x: x[b], obs)))
                      for b in range(updates.shape[0])])
+
+
+@functools.lru_cache(maxsize=4)
+def _apply(env, config):
+    return source_agents.get("ppo").make_apply(env, config)
+
+
+@functools.lru_cache(maxsize=4)
+def _trainer(env, config):
+    """The jitted, vmapped source run with snapshots: compiled once per env, config and batch
+    shape (held-out and training tasks of one process share it)."""
+    return jax.jit(jax.vmap(source_agents.get("ppo").make_train(env, config, snapshots=True)))
 
 
 def source_snapshots(subject: C.Subject, tasks=None):
@@ -56,14 +73,13 @@ def source_snapshots(subject: C.Subject, tasks=None):
     setting = subject.config.setting
     if setting.source != "ppo":
         raise ValueError(f"matched stage: only for a PPO source, not {setting.source!r}")
-    source = source_agents.get(setting.source)
-    config = source_agents.make_config(source, setting.env, **setting.source_overrides)
+    config = source_agents.make_config(source_agents.get("ppo"), setting.env,
+                                       **setting.source_overrides)
     key = C.source_key(subject.config)
     n = jax.tree.leaves(tasks)[0].shape[0]
 
     def fn():
-        train = jax.jit(jax.vmap(source.make_train(subject.env, config, snapshots=True)))
-        return train(jax.random.split(key, n), tasks)
+        return _trainer(subject.env, config)(jax.random.split(key, n), tasks)
 
     history, snaps = C.memo(subject.config, "source-snapshots", repr(config), (tasks, key), fn)
     return history, snaps, config
@@ -75,6 +91,5 @@ def matched_source(subject: C.Subject, stream, tasks=None) -> np.ndarray:
     history, snaps, config = source_snapshots(subject, tasks)
     source_done = np.asarray(history.terminated) | np.asarray(history.truncated)
     updates = stage_updates(source_done, config.rollout_len, np.asarray(stream.done))
-    return matched_log_probs(source_agents.get("ppo").make_apply(subject.env, config), snaps,
-                             updates, stream.obs)
+    return matched_log_probs(_apply(subject.env, config), snaps, updates, stream.obs)
 

@@ -101,13 +101,17 @@ def test_fingerprint_darkroom_scores_ppo_at_the_matched_stage(tmp_path, monkeypa
 
     cfg = ModelConfig.for_env(envs.make("darkroom"), ArchConfig(
         context=20, d_model=8, num_layers=1, num_heads=2, mlp_dim=0, dropout=0.0))
-    save_model(tmp_path / "runs" / "darkroom" / "ad-seed0", cfg,
-               init_params(cfg, jax.random.key(0)), env="darkroom", env_overrides={})
+    rng = np.random.default_rng(0)  # random weights without compiling an init
+    params = jax.tree.map(lambda s: (0.3 * rng.normal(size=s.shape)).astype(s.dtype),
+                          jax.eval_shape(lambda: init_params(cfg, jax.random.key(0))))
+    save_model(tmp_path / "runs" / "darkroom" / "ad-seed0", cfg, params, env="darkroom",
+               env_overrides={})
     small = dataclasses.replace(get_setting("darkroom"), eval_episodes=12,
                                 source_overrides={"num_steps": 256, "rollout_len": 64})
     monkeypatch.setattr(C, "get_setting", lambda name: small)
     config = C.StudyConfig(subject="darkroom", runs=str(tmp_path / "runs"), seeds=(0,),
-                           out=str(tmp_path / "out"), tasks=2, rollouts_per_task=1)
+                           out=str(tmp_path / "out"), tasks=2, rollouts_per_task=2)
+    # (2 goals x 2 rollouts held out, 2 training goals x 2: one shape, one compile each)
     r = fingerprint.compute(config)
     for label in ("PPO (matched stage)", "PPO (matched stage) (own policy, T=1)"):
         for w in ("early", "late"):
