@@ -141,11 +141,13 @@ def test_bayes_bandit2_has_less_regret_than_ucb1():
     from experiments.run import _pseudo_regret
 
     env = envs.make("bernoulli-bandit", num_arms=2)
-    tasks = jax.vmap(lambda k: env.sample_params(k, "test"))(jax.random.split(jax.random.key(0), 200))
+    keys = jax.random.split(jax.random.key(0), 200)
+    tasks = jax.vmap(lambda k: env.sample_params(k, "test"))(keys)
     regret = {}
     for agent in (A.BayesBandit2(2, 100), A.UCB1(2)):
         ro = A.agent_rollout(agent, env, tasks, jax.random.key(1), 100)
-        regret[type(agent).__name__] = _pseudo_regret(env, tasks, np.asarray(ro.action))[:, -1].mean()
+        pseudo = _pseudo_regret(env, tasks, np.asarray(ro.action))
+        regret[type(agent).__name__] = pseudo[:, -1].mean()
     assert regret["BayesBandit2"] < 0.6 * regret["UCB1"], regret
 
 
