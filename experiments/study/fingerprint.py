@@ -7,17 +7,16 @@ of ``ad.interp.agents`` is run (``along_stream``: the agent's values at each ste
 the same history). Each agent's policy is ``softmax(values / T)`` with a temperature
 ``T`` fitted per agent and model seed on the model's streams on *training* tasks
 (minimum cross-entropy on a log-spaced grid, from the early window's first step on:
-bandits skip the first ``K`` pulls, as the windows do); the stochastic agents' values (Thompson
-sampling, PPO at the matched stage) are their own action log-probabilities, scored both
-tempered and as their own policy (``T = 1``); the uniform policy is the floor. On
-held-out tasks the
-score of an agent is the mean per-step log-likelihood of the model's policy under it,
-``sum_a pi_model(a) log p_agent(a)`` (the expectation of the log-likelihood of the
-model's sampled action), early (bandits: pulls 1-10; Dark Room: episodes 1-10) and late
-(pulls 91-100; episodes 191-200); no agent can score above the model's own policy
-(minus its entropy, reported as the ceiling). Also the ranking with each deterministic agent as
-``(1 - eps) argmax + eps uniform`` (ties share, eps = 0.1) instead of a softmax
-(Thompson: its own policy there).
+bandits skip the first ``K`` pulls, as the windows do); the stochastic agents' values
+(Thompson sampling, PPO at the matched stage) are their own action log-probabilities,
+scored both tempered and as their own policy (``T = 1``); the uniform policy is the
+floor. On held-out tasks the score of an agent is the mean per-step log-likelihood of
+the model's policy under it, ``sum_a pi_model(a) log p_agent(a)`` (the expectation of the
+log-likelihood of the model's sampled action), early (bandits of K arms: pulls K+1 to
+K+10; Dark Room: episodes 1-10) and late (pulls 91-100; episodes 191-200); no agent can
+score above the model's own policy (minus its entropy, reported as the ceiling). Also the
+ranking with each deterministic agent as ``(1 - eps) argmax + eps uniform`` (ties share, eps = 0.1) instead of a softmax
+(the stochastic agents: their own policy there).
 
 Agents: bandits — UCB1, Thompson sampling (its probabilities from 64 posterior draws per
 step), greedy, the Gittins index at discount 0.9, and for 2 arms the exact finite-horizon
@@ -196,8 +195,8 @@ def compute(config: C.StudyConfig) -> dict:
                "loglik_eps_argmax": {w: {k: C.over_seeds(v) for k, v in d.items()}
                                      for w, d in eps_scores.items()},
                "ceiling_minus_model_entropy": {w: C.over_seeds(v) for w, v in ceiling.items()},
-               "eps": EPS, "windows": (f"bandits: pulls {K + 1}-{K + 10} and 91-100" if subject.bandit
-                                       else "episodes 1-10 and 191-200")}
+               "eps": EPS, "windows": (f"bandits: pulls {K + 1}-{K + 10} and 91-100"
+                                       if subject.bandit else "episodes 1-10 and 191-200")}
     for w in ("early", "late"):
         for table in ("loglik", "loglik_eps_argmax"):
             d = results[table][w]
