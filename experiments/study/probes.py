@@ -230,12 +230,13 @@ def steered_policy(model, stream: Stream, name: str, vectors: np.ndarray,
 
 
 def steered_rollouts(subject: C.Subject, model, name: str, vectors: np.ndarray, key,
-                     num_steps: int) -> ev.Rollout:
+                     num_steps: int, record_policy: bool = False) -> ev.Rollout:
     """Closed loop: the model in context on the held-out tasks with each condition's
     steering at every decode step (leaves (conditions, N, S)), one ``jit(vmap)``."""
     def run(v):
         return ev.ad_rollout(model.params, model.config, subject.env, subject.tasks, key,
-                             num_steps, record_policy=True, hooks=edits(name, model.config, v))
+                             num_steps, record_policy=record_policy,
+                             hooks=edits(name, model.config, v))
 
     return jax.jit(jax.vmap(run))(jnp.asarray(vectors))
 
@@ -263,7 +264,8 @@ def steering(subject: C.Subject, model, stream: Stream, name: str, res, sd: np.n
     else:
         tf = np.stack([C.quality(subject, stream, p) for p in pi])
     steps = subject.episodes * subject.horizon
-    ro = steered_rollouts(subject, model, name, vectors, jax.random.fold_in(key, 1), steps)
+    ro = steered_rollouts(subject, model, name, vectors, jax.random.fold_in(key, 1), steps,
+                          record_policy=subject.bandit)
     if subject.bandit:
         cl = np.take_along_axis(np.asarray(ro.policy), arm[None, :, None, None], -1)[..., start:, 0]
     else:

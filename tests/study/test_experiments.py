@@ -103,7 +103,8 @@ def _tiny_runs(root, subjects=("bandit", "darkroom")):
         env = envs.make(setting.env)
         config = ModelConfig.for_env(env, ArchConfig(context=8, d_model=16, num_layers=1,
                                                      num_heads=2, mlp_dim=32, dropout=0.0))
-        save_model(root / s / "ad-seed0", config, init_params(config, jax.random.PRNGKey(0)),
+        params = jax.jit(init_params, static_argnums=0)(config, jax.random.PRNGKey(0))  # eager: slow
+        save_model(root / s / "ad-seed0", config, params,
                    env=setting.env, env_overrides={})
     return root
 
@@ -143,33 +144,42 @@ def test_steering_moves_the_probe_by_one_sd_and_zero_steering_changes_nothing(ti
     np.testing.assert_array_equal(v[2], -v[1])
     np.testing.assert_allclose(np.linalg.norm(v[3], axis=-1), np.linalg.norm(v[1], axis=-1),
                                rtol=1e-5)
-    config = tiny_config(d_model=16)
-    params = init_params(config, jax.random.PRNGKey(0))
+    config = tiny_config(d_model=16, num_layers=1)
+    params = jax.jit(init_params, static_argnums=0)(config, jax.random.PRNGKey(0))  # eager: slow
     model = type("M", (), {"params": params, "config": config})
-    stream = Stream(obs=rng.integers(0, 9, (4, 12, 2)).astype(np.int32),
-                    action=rng.integers(0, 5, (4, 12)).astype(np.int32),
-                    reward=rng.integers(0, 2, (4, 12)).astype(np.float32),
-                    done=np.zeros((4, 12), bool))
-    for hook in ("blocks.0.hook_resid_mid", "ln_final.hook_normalized"):
-        zero = np.stack([v[0]] * 5)
-        zero[1] = v[1]
-        pi = probes.steered_policy(model, stream, hook, zero, chunk=2)
-        for c in (2, 3, 4):  # scale-0 steering in the same graph: bit for bit "none"
-            np.testing.assert_array_equal(pi[c], pi[0])
-        assert not np.array_equal(pi[1], pi[0])
-        np.testing.assert_allclose(pi[0], np.asarray(jax.nn.softmax(model_apply(model, stream))),
-                                   atol=1e-5)
+    stream = Stream(obs=rng.integers(0, 9, (2, 12, 2)).astype(np.int32),
+                    action=rng.integers(0, 5, (2, 12)).astype(np.int32),
+                    reward=rng.integers(0, 2, (2, 12)).astype(np.float32),
+                    done=np.zeros((2, 12), bool))
+    vectors = np.stack([v[0, :2]] * 5)
+    vectors[1] = v[1, :2]
+    pi = probes.steered_policy(model, stream, "blocks.0.hook_resid_mid", vectors)
+    for c in (2, 3, 4):  # scale-0 steering in the same graph: bit for bit "none"
+        np.testing.assert_array_equal(pi[c], pi[0])
+    assert not np.array_equal(pi[1], pi[0])
+    np.testing.assert_allclose(pi[0].sum(-1), 1, rtol=1e-5)
 
 
-def model_apply(model, stream):
-    from ad.interp.streams import to_inputs
-    from ad.model import ADTransformer
+def test_darkroom_labels_by_hand():
+    from ad.interp.streams import Stream
+    from experiments.study import probes
 
-    return ADTransformer(model.config).apply({"params": model.params},
-                                             to_inputs(stream, model.config), train=False)
+    # goal (6, 4): from (4, 4) right to (5, 4) unpaid, right onto the goal (paid), stay
+    s = Stream(obs=np.array([[[4, 4], [5, 4], [6, 4]]], np.int32),
+               action=np.array([[1, 1, 0]], np.int32), reward=np.array([[0., 1., 1.]], np.float32),
+               done=np.array([[False, False, True]]))
+    labels = probes.darkroom_labels(s, 9, np.array([[0.1, 0.2, 0.3]]), seed=0)
+    np.testing.assert_array_equal(labels["goal_found"].values, [False, False, True])
+    np.testing.assert_allclose(labels["cells_ruled_out"].values, [0, 1 / 81, 1 / 81])
+    np.testing.assert_allclose(labels["ppo_value"].values, [0.1, 0.2, 0.3], rtol=1e-6)
+    np.testing.assert_array_equal(labels["distance_once_found"].cols, [2])
+    np.testing.assert_array_equal(labels["distance_once_found"].values, [0])
+    np.testing.assert_array_equal(labels["step_in_episode"].values, [0, 1, 2])
+    assert [lab.group for lab in labels.values()] == sorted(
+        (lab.group for lab in labels.values()), key=["source", "bayes", "nuisance"].index)
 
 
-@pytest.mark.parametrize("subject", ["bandit", "darkroom"])
+@pytest.mark.parametrize("subject", ["bandit", pytest.param("darkroom", marks=pytest.mark.slow)])
 def test_probes_compute_on_tiny_models(subject, tmp_path, monkeypatch):
     import dataclasses
 
