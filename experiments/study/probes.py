@@ -276,6 +276,7 @@ def steering(subject: C.Subject, model, stream: Stream, name: str, res, sd: np.n
         out[cond] = {"teacher_forced": per_task(tf[c] - tf[0], rpt),
                      "closed_loop": per_task(cl[c] - cl[0], rpt)}
     out["none"] = {"teacher_forced": per_task(tf[0], rpt), "closed_loop": per_task(cl[0], rpt)}
+    out["vectors"] = vectors
     return out
 
 
@@ -314,7 +315,12 @@ def compute(config: C.StudyConfig) -> dict:
         C.say(f"{config.subject} seed {config.seeds[i]}: steering {key_label} at {best}")
         effect = steering(subject, m, stream, best, res, y.std(0),
                           jax.random.fold_in(jax.random.PRNGKey(config.key), 500 + i), start)
-        steer.append({"hook": best, "sd": y.std(0), **effect})
+        vectors = effect.pop("vectors")
+        steer.append({"hook": best, "sd": y.std(0), **effect,
+                      # the size of +1 SD along the probe against the activations there
+                      "step_norm": float(np.linalg.norm(vectors[1], axis=-1).mean()),
+                      "activation_norm": float(np.linalg.norm(
+                          acts[best][lab.rows, lab.cols], axis=-1).mean())})
     results = summarise(subject, labels, names, per_seed, steer, key_label)
     plot(subject, results)
     return results
@@ -340,6 +346,8 @@ def summarise(subject, labels, names, per_seed, steer, key_label) -> dict:
         summary[name] = entry
     steering_out = {"label": key_label, "hooks_per_seed": [s["hook"] for s in steer],
                     "sd_per_seed": [s["sd"] for s in steer],
+                    "step_norm_per_seed": [s["step_norm"] for s in steer],
+                    "activation_norm_per_seed": [s["activation_norm"] for s in steer],
                     "measure": ("probability of the steered arm" if subject.bandit else
                                 "teacher-forced: probability of a shortest-path action; "
                                 "closed loop: mean return per episode")}
@@ -395,7 +403,9 @@ def print_summary(record: dict) -> None:
         print(f"  {name:28s} [{e['group']}] best {C.fmt(e['best'])} at {e['best_hook_per_seed']}")
         print(f"  {'':28s} embed {C.fmt(e['embed'])}; shuffled {C.fmt(e['best_shuffled'])}{extra}")
     s = r["steering"]
-    print(f"  steering {s['label']} at {s['hooks_per_seed']} ({s['measure']}), change vs none:")
+    print(f"  steering {s['label']} at {s['hooks_per_seed']} ({s['measure']}), change vs none; "
+          f"|step| {', '.join(f'{v:.2f}' for v in s['step_norm_per_seed'])} against "
+          f"|activation| {', '.join(f'{v:.2f}' for v in s['activation_norm_per_seed'])}:")
     for cond in CONDITIONS[1:]:
         print(f"    {cond:8s} teacher-forced {C.fmt(s[cond]['teacher_forced']['over_seeds'])}; "
               f"closed loop {C.fmt(s[cond]['closed_loop']['over_seeds'])}")
