@@ -103,7 +103,7 @@ def _tiny_runs(root, subjects=("bandit", "darkroom")):
         env = envs.make(setting.env)
         config = ModelConfig.for_env(env, ArchConfig(context=8, d_model=16, num_layers=1,
                                                      num_heads=2, mlp_dim=32, dropout=0.0))
-        params = jax.jit(init_params, static_argnums=0)(config, jax.random.PRNGKey(0))  # eager: slow
+        params = jax.jit(init_params, static_argnums=0)(config, jax.random.PRNGKey(0))
         save_model(root / s / "ad-seed0", config, params,
                    env=setting.env, env_overrides={})
     return root
