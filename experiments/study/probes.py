@@ -331,6 +331,9 @@ def compute(config: C.StudyConfig) -> dict:
 
 
 def summarise(subject, labels, names, per_seed, steer, key_label) -> dict:
+    """Per label: the best non-embedding hook per seed, its score and controls over seeds;
+    the steering effects per condition ("none": the unsteered values themselves, the others:
+    their change from it) over tasks per seed and over seeds."""
     summary = {}
     for name, lab in labels.items():
         best = [max(names[1:], key=lambda h: s[name][h]["score"]) for s in per_seed]
@@ -413,6 +416,9 @@ def print_summary(record: dict) -> None:
     for cond in CONDITIONS[1:]:
         print(f"    {cond:8s} teacher-forced {C.fmt(s[cond]['teacher_forced']['over_seeds'])}; "
               f"closed loop {C.fmt(s[cond]['closed_loop']['over_seeds'])}")
+    print(f"    probe+ minus random+: teacher-forced "
+          f"{C.fmt(s['probe_minus_random_teacher_forced'])}; closed loop "
+          f"{C.fmt(s['probe_minus_random_closed_loop'])}")
 
 
 if __name__ == "__main__":
