@@ -11,7 +11,8 @@ Each agent is a frozen dataclass (hashable: a static jit argument) with one inte
 
 Two uses, by the same code: ``along_stream(agent, stream)`` scans a recorded stream (a
 model's, a source's) and returns the agent's values at every step — the agent "run on the
-same stream", for fingerprints and probes — and ``agent_rollout`` lets the agent act in
+same stream", for fingerprints — (``states_along``: its state before every step, the
+labels of probes) and ``agent_rollout`` lets the agent act in
 an env (argmax of its values, ties broken uniformly at random), one jitted scan vmapped
 over tasks like ``ad.evaluate.policy_rollout``.
 
@@ -326,21 +327,38 @@ class GoalPosterior:
 # ----------------------------------------------------------------------------------------
 # Running an agent
 # ----------------------------------------------------------------------------------------
-@partial(jax.jit, static_argnames=("agent",))
-def along_stream(agent, obs: PyTree, action: jax.Array, reward: jax.Array,
-                 done: jax.Array) -> jax.Array:
-    """(B, T, A): the agent's values at every step of recorded streams (leaves (B, T, ...)),
-    each computed from the steps before it — the agent run on the same stream."""
+def _scan_along(agent, obs: PyTree, action, reward, done, read) -> PyTree:
+    """``read(state, obs)`` at every step of recorded streams (leaves (B, T, ...)), the
+    state being the agent's after the steps before it: the one scan behind
+    ``along_stream`` and ``states_along``."""
     n = action.shape[0]
     swap = lambda x: jnp.swapaxes(jnp.asarray(x), 0, 1)  # noqa: E731
 
     def body(state, xs):
         o, a, r, d = xs
-        return agent.update(state, o, a, r, d), agent.values(state, o)
+        return agent.update(state, o, a, r, d), read(state, o)
 
-    _, values = jax.lax.scan(body, agent.init(n), (jax.tree.map(swap, obs), swap(action),
-                                                   swap(reward), swap(done)))
-    return jnp.swapaxes(values, 0, 1)
+    _, out = jax.lax.scan(body, agent.init(n), (jax.tree.map(swap, obs), swap(action),
+                                                swap(reward), swap(done)))
+    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), out)
+
+
+@partial(jax.jit, static_argnames=("agent",))
+def along_stream(agent, obs: PyTree, action: jax.Array, reward: jax.Array,
+                 done: jax.Array) -> jax.Array:
+    """(B, T, A): the agent's values at every step of recorded streams (leaves (B, T, ...)),
+    each computed from the steps before it — the agent run on the same stream."""
+    return _scan_along(agent, obs, action, reward, done, agent.values)
+
+
+@partial(jax.jit, static_argnames=("agent",))
+def states_along(agent, obs: PyTree, action: jax.Array, reward: jax.Array,
+                 done: jax.Array) -> PyTree:
+    """The agent's state *before* every step of recorded streams, leaves (B, T, ...) (e.g.
+    ``ArmStats`` counts and sums, a ``GoalBelief``): what it knows when it acts at step
+    ``t``, from steps ``0 .. t-1`` — the labels for probes, from the one reference
+    implementation that ``along_stream`` runs."""
+    return _scan_along(agent, obs, action, reward, done, lambda state, o: state)
 
 
 def policy_along(agent, obs: PyTree, action: jax.Array, reward: jax.Array, done: jax.Array,

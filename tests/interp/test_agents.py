@@ -49,6 +49,30 @@ def test_along_stream_equals_a_python_loop():
             sums[action[b, t]] += reward[b, t]
 
 
+def test_states_along_is_the_state_before_each_step_as_a_python_loop():
+    rng = np.random.default_rng(1)
+    action = rng.integers(0, 4, (3, 12)).astype(np.int32)
+    reward = rng.integers(0, 2, (3, 12)).astype(np.float32)
+    obs = np.zeros((3, 12), np.int32)
+    done = np.ones((3, 12), bool)
+    got = A.states_along(A.UCB1(4), obs, action, reward, done)
+    for b in range(3):
+        counts, sums = np.zeros(4), np.zeros(4)
+        for t in range(12):
+            np.testing.assert_array_equal(got.counts[b, t], counts)
+            np.testing.assert_array_equal(got.sums[b, t], sums)
+            counts[action[b, t]] += 1
+            sums[action[b, t]] += reward[b, t]
+    # Dark Room: (4,4) right -> (5,4) unpaid, right -> (6,4) paid: the goal is known after
+    cells = np.array([[[4, 4], [5, 4], [6, 4]]], np.int32)
+    belief = A.states_along(A.GoalPosterior(9), cells, np.array([[1, 1, 0]], np.int32),
+                            np.array([[0., 1., 1.]], np.float32), np.zeros((1, 3), bool))
+    np.testing.assert_array_equal(belief.known[0], [False, False, True])
+    np.testing.assert_array_equal(belief.ruled_out[0].sum(-1), [0, 1, 1])
+    assert belief.ruled_out[0, 1, 4 * 9 + 5]
+    np.testing.assert_array_equal(belief.goal[0, 2], [6, 4])
+
+
 def test_darkroom_optimal_actions_by_hand():
     opt = np.asarray(A.darkroom_optimal_actions(np.array([[4, 4], [2, 2], [0, 0]]),
                                                 np.array([[6, 3], [2, 2], [0, 0]]), 9))

@@ -137,3 +137,127 @@ def test_zoo_and_thompson_subjects():
                          envs.make("bernoulli-bandit"), None, 1)
     assert list(fingerprint.agents_for(thompson)) == [
         "UCB1", "Thompson (source)", "greedy", "Gittins (0.9)"]
+
+
+# ----------------------------------------------------------------------------------------
+# Experiment 5: probes
+# ----------------------------------------------------------------------------------------
+def _tiny_runs(root, subjects=("bandit", "darkroom")):
+    """Untrained tiny models saved as each subject's ad-seed0 (the study's layout)."""
+    import envs
+    import jax
+    from ad.checkpoints import save_model
+    from ad.config import ArchConfig, ModelConfig
+    from ad.model import init_params
+    from experiments.settings import get_setting
+
+    for s in subjects:
+        setting = get_setting(s)
+        env = envs.make(setting.env)
+        config = ModelConfig.for_env(env, ArchConfig(context=8, d_model=16, num_layers=1,
+                                                     num_heads=2, mlp_dim=32, dropout=0.0))
+        params = jax.jit(init_params, static_argnums=0)(config, jax.random.PRNGKey(0))
+        save_model(root / s / "ad-seed0", config, params,
+                   env=setting.env, env_overrides={})
+    return root
+
+
+def test_probes_recover_a_planted_label_and_not_a_shuffled_one():
+    from experiments.study import probes
+
+    rng = np.random.default_rng(0)
+    B, T, d = 20, 50, 8
+    x = rng.normal(size=(B, T, d)).astype(np.float32)
+    rows, cols = probes.sample(np.ones((B, T), bool), 0, limit=600)
+    assert len(rows) == 600 and (np.diff(rows * T + cols) > 0).all()
+    planted = x[rows, cols] @ rng.normal(size=d)  # a linear label of the activations
+    labels = {"planted": probes.Label(planted.astype(np.float32), "ridge", "source", rows, cols),
+              "noise": probes.Label(rng.normal(size=600).astype(np.float32), "ridge",
+                                    "nuisance", rows, cols)}
+    scores, results = probes.probe_all({"h": x}, labels, np.arange(B), seed=0)
+    assert scores["planted"]["h"]["score"] > 0.99
+    assert abs(scores["planted"]["h"]["shuffled"]) < 0.05
+    assert scores["noise"]["h"]["score"] < 0.05
+    # a residual on a label it is a function of is zero
+    np.testing.assert_allclose(probes.residual(planted[:, None], x[rows, cols]), 0, atol=1e-3)
+
+
+def test_steering_moves_the_probe_by_one_sd_and_zero_steering_changes_nothing(tiny_config):
+    import jax
+    from ad.interp.streams import Stream
+    from ad.model import init_params
+    from experiments.study import probes
+
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(3, 16))
+    sd = np.array([0.5, 1.0, 2.0])
+    v = probes.steering_vectors(w, sd, np.array([0, 1, 2, 0]), jax.random.PRNGKey(0))
+    assert v.shape == (5, 4, 16) and not v[0].any()
+    np.testing.assert_allclose((v[1] * w[[0, 1, 2, 0]]).sum(-1), sd[[0, 1, 2, 0]], rtol=1e-5)
+    np.testing.assert_array_equal(v[2], -v[1])
+    np.testing.assert_allclose(np.linalg.norm(v[3], axis=-1), np.linalg.norm(v[1], axis=-1),
+                               rtol=1e-5)
+    config = tiny_config(d_model=16, num_layers=1)
+    params = jax.jit(init_params, static_argnums=0)(config, jax.random.PRNGKey(0))  # eager: slow
+    model = type("M", (), {"params": params, "config": config})
+    stream = Stream(obs=rng.integers(0, 9, (2, 12, 2)).astype(np.int32),
+                    action=rng.integers(0, 5, (2, 12)).astype(np.int32),
+                    reward=rng.integers(0, 2, (2, 12)).astype(np.float32),
+                    done=np.zeros((2, 12), bool))
+    vectors = np.stack([v[0, :2]] * 5)
+    vectors[1] = v[1, :2]
+    pi = probes.steered_policy(model, stream, "blocks.0.hook_resid_mid", vectors)
+    for c in (2, 3, 4):  # scale-0 steering in the same graph: bit for bit "none"
+        np.testing.assert_array_equal(pi[c], pi[0])
+    assert not np.array_equal(pi[1], pi[0])
+    np.testing.assert_allclose(pi[0].sum(-1), 1, rtol=1e-5)
+
+
+def test_darkroom_labels_by_hand():
+    from ad.interp.streams import Stream
+    from experiments.study import probes
+
+    # goal (6, 4): from (4, 4) right to (5, 4) unpaid, right onto the goal (paid), stay
+    s = Stream(obs=np.array([[[4, 4], [5, 4], [6, 4]]], np.int32),
+               action=np.array([[1, 1, 0]], np.int32), reward=np.array([[0., 1., 1.]], np.float32),
+               done=np.array([[False, False, True]]))
+    labels = probes.darkroom_labels(s, 9, np.array([[0.1, 0.2, 0.3]]), seed=0)
+    np.testing.assert_array_equal(labels["goal_found"].values, [False, False, True])
+    np.testing.assert_allclose(labels["cells_ruled_out"].values, [0, 1 / 81, 1 / 81])
+    np.testing.assert_allclose(labels["ppo_value"].values, [0.1, 0.2, 0.3], rtol=1e-6)
+    np.testing.assert_array_equal(labels["distance_once_found"].cols, [2])
+    np.testing.assert_array_equal(labels["distance_once_found"].values, [0])
+    np.testing.assert_array_equal(labels["step_in_episode"].values, [0, 1, 2])
+    assert [lab.group for lab in labels.values()] == sorted(
+        (lab.group for lab in labels.values()), key=["source", "bayes", "nuisance"].index)
+
+
+@pytest.mark.parametrize("subject", ["bandit", pytest.param("darkroom", marks=pytest.mark.slow)])
+def test_probes_compute_on_tiny_models(subject, tmp_path, monkeypatch):
+    import dataclasses
+
+    from experiments.settings import get_setting
+    from experiments.study import probes
+
+    runs = _tiny_runs(tmp_path / "runs", (subject,))
+    setting = get_setting(subject)
+    if subject == "darkroom":  # a short PPO run and rollout keep it to seconds
+        setting = dataclasses.replace(setting, eval_episodes=4, source_overrides={
+            "num_steps": 1024, "rollout_len": 128})
+    else:
+        setting = dataclasses.replace(setting, eval_episodes=12)
+    monkeypatch.setattr(C.StudyConfig, "setting", property(lambda self: setting))
+    config = C.StudyConfig(subject=subject, runs=str(runs), seeds=(0,), out=str(tmp_path / "o"),
+                           tasks=10, rollouts_per_task=1)
+    record = C.run(probes, config)
+    r = record["results"]
+    want = set(probes.KEY_LABEL.values()) & set(r["labels"])
+    assert want and set(r["summary"]) == set(r["labels"])
+    for e in r["summary"].values():
+        assert len(e["best"]["per_seed"]) == 1 and set(e["by_hook"]) == set(r["hooks"])
+    s = r["steering"]
+    for cond in probes.CONDITIONS[1:]:
+        assert np.isfinite(s[cond]["teacher_forced"]["over_seeds"]["mean"])
+        assert np.isfinite(s[cond]["closed_loop"]["over_seeds"]["mean"])
+    assert (tmp_path / "o" / f"probes-{subject}.png").exists()
+    probes.print_summary(record)
