@@ -32,6 +32,7 @@ Writes ``<out>/reward_patching-<subject>.{json,png}``.
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import NamedTuple
 
@@ -43,6 +44,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ad.interp.patching import patch_sweep  # noqa: E402
+from ad.model import ADTransformer  # noqa: E402
 from ad.interp.streams import Stream, episode_index, to_inputs  # noqa: E402
 from experiments.study import common as C  # noqa: E402
 from experiments.study import reward_path  # noqa: E402
@@ -112,12 +114,18 @@ def darkroom_candidates(stream: Stream, window: int, per_history: int = DARK_CAN
     return one_reward_windows(stream, rows, flips, ends, window, 0.0)
 
 
-def last_policies(model, stream: Stream) -> np.ndarray:
+@functools.partial(jax.jit, static_argnames="config")
+def _last_policy(params, inputs, config):
+    return jax.nn.softmax(ADTransformer(config).apply({"params": params}, inputs,
+                                                      train=False)[:, -1], -1)
+
+
+def last_policies(model, stream: Stream, chunk: int = 512) -> np.ndarray:
     """(P, A) the model's policy at the last step of each window."""
-    f = jax.jit(lambda inputs: jax.nn.softmax(model.apply(inputs)[:, -1], -1))
     P = stream.action.shape[0]
-    return np.concatenate([np.asarray(f(to_inputs(jax.tree.map(lambda x: x[i:i + 512], stream),
-                                                  model.config))) for i in range(0, P, 512)])
+    return np.concatenate([np.asarray(_last_policy(
+        model.params, to_inputs(jax.tree.map(lambda x: x[i:i + chunk], stream), model.config),
+        model.config)) for i in range(0, P, chunk)])
 
 
 class Selected(NamedTuple):
@@ -159,10 +167,10 @@ def patch_pairs(model, sel: Selected) -> dict:
                                               **acts).values)[..., at])
         resid_at.append(np.asarray(patch_sweep(params, cfg, c, x, "hook_resid_pre", "layer_pos",
                                                **acts).values)[..., at])
-        if k < 4:  # a context patched into itself: every cell must change nothing
-            for hook, grid in (("attn.hook_z", "layer_head"), ("hook_resid_pre", "layer_pos")):
-                r = patch_sweep(params, cfg, c, c, hook, grid, metric="logprob", **acts)
-                control.append(float(np.max(np.abs(np.asarray(r.values) - r.corrupted))))
+        if k < 4:  # a context patched into itself: every head must change nothing
+            r = patch_sweep(params, cfg, c, c, "attn.hook_z", "layer_head", metric="logprob",
+                            **acts)
+            control.append(float(np.max(np.abs(np.asarray(r.values) - r.corrupted))))
     return {"heads": np.stack(heads), "head_at": np.stack(head_at),  # (P, L, H), (P, L, H, 2)
             "resid_at": np.stack(resid_at), "control": max(control, default=0.0)}  # (P, L, 2)
 
