@@ -6,8 +6,9 @@ Runs experiments 1 (rewards), 3 (position), 2 (information), 8 (exploration) on 
 subject, 6 (goal_switch) on Dark Room, 4 (fingerprint) and both halves of 7 (reward_path:
 closed loop; reward_patching: patching) on each; a finished result of the same experiment,
 config and models (``<out>/<experiment>-<subject>.json`` with the same ``evaluation_key``)
-is reused, so an interrupted run resumes where it stopped. ``--only`` picks experiments; each one's own
-command (``python -m experiments.study.<name> --help``) says what it measures.
+is reused, so an interrupted run resumes where it stopped. ``--only`` picks experiments;
+each one's own command (``python -m experiments.study.<name> --help``) says what it
+measures.
 """
 
 from __future__ import annotations
