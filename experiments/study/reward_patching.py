@@ -20,8 +20,10 @@ Per training seed, on the source's held-out histories (``C.source_histories``):
    0 = corrupted, 1 = clean. Grids: each head's ``attn.hook_z`` at every position (this
    names the heads: mean recovered fraction >= ``NAME_MIN``, at least the top one, at most
    half the heads), each head at the token that reads the flipped reward and at the metric
-   token, and ``hook_resid_pre`` at those two tokens. Control that must be 0: a context
-   patched into itself (max |effect| over every cell).
+   token, and ``hook_resid_pre`` at those two tokens. Control that must be 0: the first 4
+   clean contexts patched into themselves, head by head (max |change of log p(a_clean)|;
+   zero up to float32 rounding, ~1e-7: the sweep's edited, vmapped graph rounds differently
+   from the plain forward).
 3. *Causal test in closed loop* (``reward_path.closed_loop``: the same rollouts, keys and
    training means as experiment 7's closed-loop half): the named heads mean-ablated
    together, against ``RANDOM_DRAWS`` draws of as many random other heads; in-context
@@ -211,7 +213,7 @@ def one_seed(subject: C.Subject, i: int, cands: Pairs, prompt) -> dict:
           f"{RANDOM_DRAWS} random sets in closed loop")
     where = reward_path.set_masks(m.config, [named] + draws)
     kept = C.memo(config, "reward_patching_loop", C.model_id(m),
-                  (subject.tasks, where, prompt, config.key),
+                  (subject.tasks, where, prompt, config.key, i),  # keys depend on i
                   lambda: reward_path.closed_loop(subject, i, where, prompt))
     frac = lambda x: x.mean(1) / x[0].mean()  # noqa: E731  (cells,): ablated / none
     imp, comp = frac(kept.improvement), frac(kept.competence)
