@@ -202,8 +202,10 @@ def one_seed(subject: C.Subject, i: int, cands: Pairs, prompt) -> dict:
     sel = select(m, cands, MAX_PAIRS[config.subject], rng)
     C.say(f"{config.subject} seed {config.seeds[i]}: {sel.kept} of {sel.candidates} candidate "
           f"pairs move the policy by TV >= {TV_MIN}; patching {len(sel.a_clean)}")
-    if len(sel.a_clean) < 2:
-        raise ValueError(f"seed {config.seeds[i]}: {len(sel.a_clean)} pairs kept, too few to patch")
+    if len(sel.a_clean) < 2:  # one reward barely moves this model: a result, not an error
+        C.say(f"{config.subject} seed {config.seeds[i]}: too few pairs to patch; skipped")
+        return {"seed": config.seeds[i], "candidates": sel.candidates, "kept": sel.kept,
+                "patched": len(sel.a_clean), "named": None}
     patched = C.memo(config, "reward_patching", C.model_id(m),
                      (sel.pairs, sel.a_clean, sel.a_corrupt), lambda: patch_pairs(m, sel))
     L, H = m.config.num_layers, m.config.num_heads
@@ -219,8 +221,8 @@ def one_seed(subject: C.Subject, i: int, cands: Pairs, prompt) -> dict:
     imp, comp = frac(kept.improvement), frac(kept.competence)
     per_pair = lambda x: {"mean": np.mean(x, 0).tolist(),  # noqa: E731
                           "ci95": (1.96 * np.std(x, 0, ddof=1) / np.sqrt(len(x))).tolist()}
-    return {"candidates": sel.candidates, "kept": sel.kept, "patched": len(sel.a_clean),
-            "tv_patched_mean": float(sel.tv.mean()),
+    return {"seed": config.seeds[i], "candidates": sel.candidates, "kept": sel.kept,
+            "patched": len(sel.a_clean), "tv_patched_mean": float(sel.tv.mean()),
             "flip_lag_steps": (cands.clean.action.shape[1] - 1 - sel.pairs.flip).tolist(),
             "head": per_pair(patched["heads"]),  # (L, H): every position
             "head_at_reward_token": per_pair(patched["head_at"][..., 0]),
@@ -254,15 +256,18 @@ def compute(config: C.StudyConfig) -> dict:
         cands = darkroom_candidates(stream, subject.models[0].config.receptive_field + 1)
     prompt = reward_path.competent_prompt(subject)
     seeds = [one_seed(subject, i, cands, prompt) for i in range(len(subject.models))]
-    over = lambda k: C.over_seeds([s[k] for s in seeds])  # noqa: E731
-    diff = lambda k: C.over_seeds([s[f"{k}_named"] - s[f"{k}_random"] for s in seeds])  # noqa: E731
+    done = [s for s in seeds if s["named"]]  # seeds with enough pairs to patch
+    over = lambda k: C.over_seeds([s[k] for s in done]) if done else None  # noqa: E731
+    diff = lambda k: C.over_seeds([s[f"{k}_named"] - s[f"{k}_random"]  # noqa: E731
+                                   for s in done]) if done else None
     results = {
         "summary": {
             "candidates_per_seed": [s["candidates"] for s in seeds],
             "kept_per_seed": [s["kept"] for s in seeds],
             "patched_per_seed": [s["patched"] for s in seeds],
             "named_heads_per_seed": [s["named"] for s in seeds],
-            "identical_patch_max_abs": max(s["identical_patch_max_abs"] for s in seeds),
+            "identical_patch_max_abs": max((s["identical_patch_max_abs"] for s in done),
+                                           default=None),
             "improvement_kept_named": over("improvement_kept_named"),
             "improvement_kept_random": over("improvement_kept_random"),
             "competence_kept_named": over("competence_kept_named"),
@@ -286,7 +291,9 @@ def compute(config: C.StudyConfig) -> dict:
 
 
 def plot(subject: C.Subject, results: dict) -> None:
-    seeds = results["seeds"]
+    seeds = [s for s in results["seeds"] if s["named"]]
+    if not seeds:
+        return
     fig = plt.figure(figsize=(3.2 * max(len(seeds), 2), 6.4), layout="constrained")
     grid = fig.add_gridspec(2, len(seeds))
     top = []
@@ -298,7 +305,7 @@ def plot(subject: C.Subject, results: dict) -> None:
         for (l, h), x in np.ndenumerate(v):
             ax.text(h, l, f"{x:.2f}", ha="center", va="center", fontsize=7)
         ax.set(xlabel="head", ylabel="layer", xticks=range(v.shape[1]), yticks=range(v.shape[0]),
-               title=f"seed {subject.config.seeds[i]}: {s['patched']} pairs\nnamed {s['named']}")
+               title=f"seed {s['seed']}: {s['patched']} pairs\nnamed {s['named']}")
         ax.title.set_fontsize(8)
     fig.colorbar(im, ax=top, shrink=0.8, label="recovered fraction\n(clean → corrupted)")
     ax = fig.add_subplot(grid[1, :])
@@ -309,7 +316,7 @@ def plot(subject: C.Subject, results: dict) -> None:
     width = 0.8 / len(seeds)
     for i, s in enumerate(seeds):
         ax.bar(np.arange(len(keys)) + (i - (len(seeds) - 1) / 2) * width, [s[k] for k, _ in keys],
-               width, label=f"seed {subject.config.seeds[i]}")
+               width, label=f"seed {s['seed']}")
     ax.axhline(1, color="0.6", lw=0.8)
     ax.set_xticks(range(len(keys)), [t for _, t in keys], fontsize=8)
     ax.set_ylabel("fraction kept (ablated / none)")
@@ -329,7 +336,9 @@ def print_summary(record: dict) -> None:
           f"{', '.join(f'{k}/{c}' for k, c in zip(s['kept_per_seed'], s['candidates_per_seed']))}"
           f"; patched {s['patched_per_seed']}")
     print(f"  named heads per seed: {s['named_heads_per_seed']}; identical-pair patch max |effect| "
-          f"{s['identical_patch_max_abs']:.3g}")
+          f"{s['identical_patch_max_abs']}")
+    if s["improvement_kept_named"] is None:
+        return
     for k in ("improvement_kept_named", "improvement_kept_random", "competence_kept_named",
               "competence_kept_random", "improvement_kept_named_minus_random",
               "competence_kept_named_minus_random"):

@@ -129,3 +129,13 @@ def test_smoke_run_on_tiny_models(tiny_bandit_runs, tmp_path, monkeypatch):
     json_path, png = C.output_paths(R.EXPERIMENT, config)
     assert json.loads(json_path.read_text())["experiment"] == "reward_patching"
     assert png.stat().st_size > 1000
+
+
+def test_a_seed_with_too_few_pairs_is_reported_not_patched(tiny_bandit_runs, tmp_path,
+                                                          monkeypatch):
+    monkeypatch.setattr(R, "TV_MIN", 2.0)  # no pair can move the policy this far
+    config = C.StudyConfig(subject="bandit", runs=str(tiny_bandit_runs), seeds=(0,),
+                           out=str(tmp_path), tasks=4)
+    r = R.compute(config)
+    assert r["seeds"][0]["kept"] == 0 and r["seeds"][0]["named"] is None
+    assert r["summary"]["improvement_kept_named"] is None
