@@ -109,7 +109,9 @@ def darkroom_candidates(stream: Stream, window: int, per_history: int = DARK_CAN
             if not visits.size or starts[e + 1] < window - 1 or \
                     starts[e] + visits[0] > starts[e + 1] - MIN_LAG:
                 continue
-            rows.append(b), flips.append(starts[e] + visits[0]), ends.append(starts[e + 1])
+            rows.append(b)
+            flips.append(starts[e] + visits[0])
+            ends.append(starts[e + 1])
             found += 1
             if found == per_history:
                 break
