@@ -112,7 +112,15 @@ def test_self_patch_is_zero_and_the_reward_token_restores_the_clean_run(tiny_ban
     assert out["heads"].shape == (3, 1, 2) and np.isfinite(out["heads"]).all()
 
 
+def _synthetic_source(monkeypatch):
+    """The source's held-out histories replaced by random 100-pull streams (UCB1's own
+    compile is not what these tests check)."""
+    monkeypatch.setattr(C, "source_histories",
+                        lambda subject, *a, **k: (_bandit_stream(B=subject.n, T=100), None))
+
+
 def test_smoke_run_on_tiny_models(tiny_bandit_runs, tmp_path, monkeypatch):
+    _synthetic_source(monkeypatch)
     monkeypatch.setattr(R, "TV_MIN", 0.0)  # random weights: the policy barely moves
     monkeypatch.setattr(R, "MAX_PAIRS", {"bandit": 3})
     monkeypatch.setattr(R, "RANDOM_DRAWS", 2)
@@ -133,6 +141,7 @@ def test_smoke_run_on_tiny_models(tiny_bandit_runs, tmp_path, monkeypatch):
 
 def test_a_seed_with_too_few_pairs_is_reported_not_patched(tiny_bandit_runs, tmp_path,
                                                           monkeypatch):
+    _synthetic_source(monkeypatch)
     monkeypatch.setattr(R, "TV_MIN", 2.0)  # no pair can move the policy this far
     config = C.StudyConfig(subject="bandit", runs=str(tiny_bandit_runs), seeds=(0,),
                            out=str(tmp_path), tasks=4)
