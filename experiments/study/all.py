@@ -3,10 +3,10 @@
     python -m experiments.study --runs /work/tut/runs            # = python -m experiments.study.all
 
 Runs experiments 1 (rewards), 3 (position), 2 (information), 8 (exploration) on each
-subject, 6 (goal_switch) on Dark Room, 4 (fingerprint), 5 (probes) and the closed-loop half
-of 7 (reward_path) on each; a finished result of the same experiment, config and models
-(``<out>/<experiment>-<subject>.json`` with the same ``evaluation_key``) is reused, so an
-interrupted run resumes where it stopped. ``--only`` picks experiments; each one's own
+subject, 6 (goal_switch) on Dark Room, 4 (fingerprint), 5 (probes) and both halves of 7
+(reward_path: closed loop; reward_patching: patching) on each; a finished result of the same
+experiment, config and models (``<out>/<experiment>-<subject>.json`` with the same
+``evaluation_key``) is reused, so an interrupted run resumes where it stopped. ``--only`` picks experiments; each one's own
 command (``python -m experiments.study.<name> --help``) says what it measures.
 """
 
@@ -17,11 +17,12 @@ import time
 
 from experiments.study import common as C
 from experiments.study import (exploration, fingerprint, goal_switch, information, position,
-                               probes, reward_path, rewards)
+                               probes, reward_patching, reward_path, rewards)
 
 EXPERIMENTS = {"rewards": rewards, "position": position, "information": information,
                "exploration": exploration, "goal_switch": goal_switch,
-               "fingerprint": fingerprint, "probes": probes, "reward_path": reward_path}
+               "fingerprint": fingerprint, "probes": probes, "reward_path": reward_path,
+               "reward_patching": reward_patching}
 ONLY = {"goal_switch": ("darkroom",)}  # experiments without a bandit analogue
 
 

@@ -23,6 +23,7 @@ Writes ``<out>/reward_path-<subject>.{json,png}``.
 from __future__ import annotations
 
 import sys
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,21 +43,34 @@ EXPERIMENT = "reward_path"
 NEXT = 10
 
 
+def set_masks(config, head_sets) -> np.ndarray:
+    """(1 + len(head_sets), L, 1, 1, H, 1) ``hook_z`` masks: cell 0 ablates nothing, cell
+    1 + i every head ``(layer, head)`` of ``head_sets[i]`` together."""
+    where = np.zeros((1 + len(head_sets), config.num_layers, 1, 1, config.num_heads, 1), bool)
+    for i, heads in enumerate(head_sets):
+        for l, h in heads:
+            where[1 + i, l, 0, 0, h, 0] = True
+    return where
+
+
 def head_masks(config) -> tuple[list[str], np.ndarray, list[str]]:
     """Hook names, (1 + L*H, L, 1, 1, H, 1) masks (cell 0: none; 1 + l*H + h: head l.h),
     and the cells' labels."""
     L, H = config.num_layers, config.num_heads
-    names = [f"blocks.{l}.attn.hook_z" for l in range(L)]
-    where = np.zeros((1 + L * H, L, 1, 1, H, 1), bool)
-    for l in range(L):
-        for h in range(H):
-            where[1 + l * H + h, l, 0, 0, h, 0] = True
-    return names, where, ["none"] + [f"L{l}H{h}" for l in range(L) for h in range(H)]
+    heads = [(l, h) for l in range(L) for h in range(H)]
+    return (hook_names(config), set_masks(config, [[lh] for lh in heads]),
+            ["none"] + [f"L{l}H{h}" for l, h in heads])
 
 
-def ablated_rollouts(model, env, tasks, key, num_steps: int, means: dict, prompt=None):
-    """Actions, rewards and episode ends (cells, N, S) with each head mean-ablated in turn."""
-    names, where, _ = head_masks(model.config)
+def hook_names(config) -> list[str]:
+    return [f"blocks.{l}.attn.hook_z" for l in range(config.num_layers)]
+
+
+def ablated_rollouts(model, env, tasks, key, num_steps: int, means: dict, where: np.ndarray,
+                     prompt=None):
+    """Actions, rewards and episode ends (cells, N, S), each cell's heads (``set_masks``)
+    mean-ablated; one ``jit(vmap)`` call over the cells."""
+    names = hook_names(model.config)
 
     def run(w):
         edits = {n: hooks.Intervention(w[l], jnp.float32(0), means[n])
@@ -66,6 +80,40 @@ def ablated_rollouts(model, env, tasks, key, num_steps: int, means: dict, prompt
         return ro.action, ro.reward, ro.done
 
     return jax.jit(jax.vmap(run))(jnp.asarray(where))
+
+
+class Kept(NamedTuple):
+    """Per cell (``set_masks``) and held-out task, in closed loop."""
+
+    improvement: np.ndarray  # (cells, tasks): in-context improvement from an empty context
+    competence: np.ndarray  # (cells, tasks): return of the NEXT episodes after the prompt
+
+
+def ablation_key(config: C.StudyConfig) -> jax.Array:
+    return jax.random.fold_in(jax.random.PRNGKey(config.key), 7007)
+
+
+def closed_loop(subject: C.Subject, i: int, where: np.ndarray, prompt) -> Kept:
+    """Seed ``i``'s model with each cell's heads mean-ablated (means over 256 windows of its
+    training histories), from an empty context and after the competent ``prompt``; the
+    keys depend on the seed's index only, so every caller gets the same rollouts."""
+    m, env, rpt, E = subject.models[i], subject.env, subject.rollouts_per_task, subject.episodes
+    key = ablation_key(subject.config)
+    means = training_means(m, 256, jax.random.fold_in(key, i))
+    a, r, d = ablated_rollouts(m, env, subject.tasks, jax.random.fold_in(key, 100 + i),
+                               E * subject.horizon, means, where)
+    improvement = np.stack([C.task_improvement(ev.episode_curve(ev.Rollout(a[c], r[c], d[c]), E),
+                                               rpt) for c in range(len(where))])
+    a, r, d = ablated_rollouts(m, env, subject.tasks, jax.random.fold_in(key, 200 + i),
+                               NEXT * subject.horizon, means, where, prompt=prompt)
+    comp = []
+    for c in range(len(where)):
+        if subject.bandit:
+            x = np.take_along_axis(np.asarray(subject.tasks.means), np.asarray(a[c]), 1).mean(1)
+        else:
+            x = ev.episode_curve(ev.Rollout(a[c], r[c], d[c]), NEXT).mean(1)
+        comp.append(np.asarray(x).reshape(-1, rpt).mean(1))
+    return Kept(improvement, np.stack(comp))
 
 
 def competent_prompt(subject: C.Subject):
@@ -88,32 +136,16 @@ def competent_prompt(subject: C.Subject):
 def compute(config: C.StudyConfig) -> dict:
     """This experiment's results for one subject (``C.run`` reuses or records them)."""
     subject = C.load_subject(config)
-    env, rpt, E = subject.env, subject.rollouts_per_task, subject.episodes
     prompt = competent_prompt(subject)
-    key = jax.random.fold_in(jax.random.PRNGKey(config.key), 7007)
-    means_tasks = np.asarray(subject.tasks.means) if subject.bandit else None
     improvement, competence = [], []  # per seed: (cells, tasks)
     labels = None
     for i, m in enumerate(subject.models):
         C.say(f"{config.subject} seed {config.seeds[i]}: every head mean-ablated, empty context "
               f"and after the competent prompt")
-        means = training_means(m, 256, jax.random.fold_in(key, i))
-        _, _, labels = head_masks(m.config)
-        a, r, d = ablated_rollouts(m, env, subject.tasks, jax.random.fold_in(key, 100 + i),
-                                   E * subject.horizon, means)
-        imp = [C.task_improvement(ev.episode_curve(ev.Rollout(a[c], r[c], d[c]), E), rpt)
-               for c in range(len(labels))]
-        improvement.append(np.stack(imp))
-        a, r, d = ablated_rollouts(m, env, subject.tasks, jax.random.fold_in(key, 200 + i),
-                                   NEXT * subject.horizon, means, prompt=prompt)
-        comp = []
-        for c in range(len(labels)):
-            if subject.bandit:
-                x = np.take_along_axis(means_tasks, np.asarray(a[c]), 1).mean(1)
-            else:
-                x = ev.episode_curve(ev.Rollout(a[c], r[c], d[c]), NEXT).mean(1)
-            comp.append(np.asarray(x).reshape(-1, rpt).mean(1))
-        competence.append(np.stack(comp))
+        _, where, labels = head_masks(m.config)
+        kept = closed_loop(subject, i, where, prompt)
+        improvement.append(kept.improvement)
+        competence.append(kept.competence)
     results = {"cells": labels, "next_episodes": NEXT, "heads": {}}
     for c, label in enumerate(labels):
         entry = {"improvement_over_seeds": C.over_seeds([x[c].mean() for x in improvement]),

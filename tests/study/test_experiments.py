@@ -40,7 +40,8 @@ def test_fit_temperature_recovers_the_temperature_that_made_the_policy():
 
 
 @pytest.mark.parametrize("name", ["rewards", "position", "information", "exploration",
-                                  "goal_switch", "fingerprint", "reward_path"])
+                                  "goal_switch", "fingerprint", "probes", "reward_path",
+                                  "reward_patching"])
 def test_every_command_explains_itself(name, capsys):
     module = importlib.import_module(f"experiments.study.{name}")
     with pytest.raises(SystemExit) as exit_:
@@ -77,13 +78,19 @@ def test_head_masks_select_one_head_per_cell():
 
     from experiments.study import reward_path
 
-    names, where, labels = reward_path.head_masks(SimpleNamespace(num_layers=2, num_heads=3))
+    config = SimpleNamespace(num_layers=2, num_heads=3)
+    names, where, labels = reward_path.head_masks(config)
     assert names == ["blocks.0.attn.hook_z", "blocks.1.attn.hook_z"]
     assert labels == ["none", "L0H0", "L0H1", "L0H2", "L1H0", "L1H1", "L1H2"]
     assert not where[0].any()  # cell 0: no ablation
     for c in range(1, 7):
         l, h = divmod(c - 1, 3)
         assert where[c].sum() == 1 and where[c, l, 0, 0, h, 0]
+
+    # sets of heads ablated together (the patching half's named and random heads)
+    sets = reward_path.set_masks(config, [[(0, 1), (1, 2)], []])
+    assert sets.shape == (3, 2, 1, 1, 3, 1) and not sets[0].any() and not sets[2].any()
+    np.testing.assert_array_equal(np.argwhere(sets[1])[:, [0, 3]], [[0, 1], [1, 2]])
 
 
 def test_fingerprint_darkroom_scores_ppo_at_the_matched_stage(tmp_path, monkeypatch):
