@@ -246,10 +246,10 @@ def plot(subject: C.Subject, results: dict) -> None:
             ci = [r["improvement"][c]["ci95"] for r in run["snapshots"]]
             axes[0].errorbar(x, s[f"improvement_{c}"], yerr=ci, marker="o", capsize=3,
                              label=f"{c} rewards, {tag}")
-        for w, style in (("early", "--"), ("late", "-")):
-            for name in run["snapshots"][0]["fingerprint"][w]["scores"]:
+        for w, style in (("early", "--"), ("late", "-")):  # one colour per agent
+            for j, name in enumerate(run["snapshots"][0]["fingerprint"][w]["scores"]):
                 y = [r["fingerprint"][w]["scores"][name] for r in run["snapshots"]]
-                axes[1].plot(x, y, style, marker=".", label=f"{name}, {w}")
+                axes[1].plot(x, y, style, marker=".", color=f"C{j}", label=f"{name}, {w}")
         axes[2].plot(x, s["probe_score"], "-o", label=f"best residual hook, {tag}")
         axes[2].plot(x, s["probe_embed"], "--o", label=f"embedding only, {tag}")
         if "majority" in run["snapshots"][0]["probe"]:
@@ -288,7 +288,8 @@ def print_summary(record: dict) -> None:
             print(f"  step {row['step']:5d}: " + "  ".join(
                 f"{c} {imp[c]['mean']:+.3f} ± {imp[c]['ci95']:.3f}" for c in CONDITIONS)
                 + f"  | {row['fingerprint']['early']['best']} / {row['fingerprint']['late']['best']}"
-                + f"  | probe {p['score']:.3f} (embed {p['embed']:.3f})")
+                + f"  | probe {p['score']:.3f} (embed {p['embed']:.3f}"
+                + (f", majority {p['majority']:.3f})" if "majority" in p else ")"))
         s = run["summary"]
         d = s["last_minus_peak_true_improvement"]
         print(f"  peak at step {s['peak_step']}; last minus peak {d['mean']:+.3f} ± {d['ci95']:.3f}")
