@@ -99,15 +99,17 @@ def windows(subject: C.Subject, T: int) -> dict:
     return {"early": slice(start, start + n), "late": slice(T - n, T)}
 
 
-def fingerprint_model(subject: C.Subject, m, i: int, agents: dict) -> dict:
-    """One model's fingerprint: its streams on training tasks (temperature fit) and held-out
-    tasks (score; keys offset by ``i``, the model's seed index), and per agent label its
-    fitted temperature, its early / late / all log-likelihood of the model's policy (softmax
-    and eps-argmax), its per-step log-likelihood (rows, T), and the ceiling."""
+def fingerprint_model(subject: C.Subject, m, i: int, agents: dict,
+                      fit_tasks: int | None = None) -> dict:
+    """One model's fingerprint: its streams on training tasks (temperature fit; ``fit_tasks``
+    of them, default ``config.tasks``) and held-out tasks (score; keys offset by ``i``, the
+    model's seed index), and per agent label its fitted temperature, its early / late / all
+    log-likelihood of the model's policy (softmax and eps-argmax), its per-step
+    log-likelihood (rows, T), and the ceiling."""
     env = subject.env
     base = jax.random.PRNGKey(subject.config.key)
     train_key = jax.random.fold_in(base, 1)  # experiments.run's training-task draw
-    train_tasks = ev.eval_tasks(env, "train", subject.config.tasks, train_key)
+    train_tasks = ev.eval_tasks(env, "train", fit_tasks or subject.config.tasks, train_key)
     if env.finite_tasks:
         train_tasks = ev.repeat_tasks(train_tasks, 2)
     K = env.num_actions

@@ -12,7 +12,7 @@ log-step (bandit, 1500 steps, and Dark Room, 2000: 0, 32, 64, ..., 1024, last).
 
 At each snapshot, on the held-out tasks of experiments 1-8 and with the keys experiments 1
 and 4 use for that seed (the last snapshot is the trained model, so its numbers equal
-theirs):
+theirs, but for the Dark Room temperatures):
 
 * Exp 1 (``rewards.closed_loop_model``): the closed-loop improvement (bandits pulls 91-100
   minus 1-5; Dark Room episodes 191-200 minus 1-5) with true, zeroed and flipped rewards,
@@ -20,7 +20,8 @@ theirs):
 * Exp 4 (``fingerprint.fingerprint_model``): every deterministic reference agent's
   (experiment 4's but Thompson sampling, whose Monte-Carlo policy would cost a minute per
   bandit snapshot) expected log-likelihood of the model's policy, early and late (softmax
-  with fitted temperature), and the best agent of each window;
+  with fitted temperature; Dark Room: fitted on ``FIT_GOALS`` of the 65 training goals),
+  and the best agent of each window;
 * Exp 5 (``probe_measure``, a minimal version): a linear probe on the source's held-out
   histories (teacher-forced, the same stream for every snapshot), split by task — bandits:
   R² of the UCB1 index of every arm; Dark Room: accuracy of "a reward has been read in
@@ -61,6 +62,9 @@ SEEDS = (0,)  # one training run per subject by default (C.main's --seeds defaul
 MAX_CHECKPOINTS = 8
 MIN_STEP = 32  # powers of two below this are still inside the warm-up (100 / 200 steps)
 CONDITIONS = ("true", "zero", "flip")
+# Dark Room: the fingerprint's temperatures are fitted on 32 of the 65 training goals (x 2
+# rollouts; experiment 4 uses all 65): a third of a snapshot's time otherwise
+FIT_GOALS = 32
 PROBE_EPISODES = 10  # Dark Room: the probe reads the source stream's first 10 kept episodes
 
 
@@ -122,16 +126,15 @@ def _activations(params, inputs, config, names):
 def probe_measure(subject: C.Subject, model, stream: Stream | None = None) -> dict:
     """Experiment 5 in brief, for one model (the full experiment 5 lives in
     ``experiments/study/probes.py``): a linear probe (``ad.interp.probes.probe_hook``,
-    5-fold split by task, a task's rollouts together) of ``probe_labels`` at every residual
-    hook (``blocks.{l}.hook_resid_mid/post``) on ``stream`` (default ``probe_stream``), the
+    5-fold split by task, a task's rollouts together) of ``probe_labels`` at every layer's
+    residual output (``blocks.{l}.hook_resid_post``) on ``stream`` (default ``probe_stream``), the
     best hook's held-out score beside the embedding-only probe (``hook_embed``), the
     shuffled-label control and, for Dark Room, the majority class's accuracy. Scores are
     R² (bandits, averaged over arms) or accuracy (Dark Room); picking the best hook on the
     same folds flatters it slightly, the same at every snapshot."""
     stream = probe_stream(subject) if stream is None else stream
     labels, positions, kind = probe_labels(subject, stream)
-    hooks = [f"blocks.{l}.hook_resid_{w}" for l in range(model.config.num_layers)
-             for w in ("mid", "post")]
+    hooks = [f"blocks.{l}.hook_resid_post" for l in range(model.config.num_layers)]
     acts = _activations(model.params, to_inputs(stream, model.config), model.config,
                         ("hook_embed", *hooks))
     acts = {k: np.asarray(v) for k, v in acts.items()}
@@ -161,12 +164,13 @@ def snapshot_measures(subject: C.Subject, model, seed: int, stream: Stream, agen
     """Experiments 1, 4 and 5 on one snapshot, with the keys experiments 1 and 4 use for
     training seed ``seed``; per-task improvements kept for paired differences."""
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(subject.config.key), 0),
-                             100 + seed)  # experiments 1's key of this seed
+                             100 + seed)  # experiment 1's key for this seed
     closed = R.closed_loop_model(subject, model, key, CONDITIONS, label)
     per_task = {c: C.task_improvement(v["curve"], subject.rollouts_per_task)
                 for c, v in closed.items()}
     C.say(f"{subject.config.subject} {label}: fingerprint and probe")
-    fp = F.fingerprint_model(subject, model, seed, agents)
+    fp = F.fingerprint_model(subject, model, seed, agents,
+                             fit_tasks=None if subject.bandit else FIT_GOALS)
     fingerprint = {}
     for w in ("early", "late"):
         scores = {k: float(v) for k, v in fp["loglik"][w].items()}
