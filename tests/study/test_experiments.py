@@ -120,7 +120,7 @@ def test_over_training_dark_room_probe_label_is_a_reward_read_before_the_step():
 
 @pytest.fixture(scope="module")
 def bandit_runs(tmp_path_factory):
-    """<runs>/bandit/ad-seed0: a tiny model distilled for 4 steps from 16 UCB1 histories,
+    """<runs>/bandit/ad-seed0: a tiny model distilled for 4 steps from 8 UCB1 histories,
     with snapshots (steps 0, 1, 2, 4)."""
     from ad.config import ArchConfig
     from ad.train import DistillConfig, distill
@@ -129,16 +129,21 @@ def bandit_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     data = root / "data"
     collect(CollectConfig(out=data, env="bernoulli-bandit", source="ucb",
-                          source_overrides={"num_steps": 100}, num_histories=16, verbose=False))
+                          source_overrides={"num_steps": 100}, num_histories=8, verbose=False))
     arch = ArchConfig(context=8, d_model=16, num_layers=1, num_heads=2, mlp_dim=32, dropout=0.0)
     distill(DistillConfig(dataset=str(data), out=str(root / "bandit" / "ad-seed0"), model=arch,
-                          window=16, batch_size=8, num_steps=4, warmup_steps=2, lr=3e-3,
+                          window=16, batch_size=4, num_steps=4, warmup_steps=2, lr=3e-3,
                           snapshots=True, progress=False))
     return root
 
 
-def test_over_training_smoke_on_a_tiny_run_with_snapshots(bandit_runs, tmp_path):
+def test_over_training_smoke_on_a_tiny_run_with_snapshots(bandit_runs, tmp_path, monkeypatch):
+    from ad.interp import agents as A
     from experiments.study import over_training as O
+
+    # two agents keep it fast (the Gittins table takes seconds to build)
+    monkeypatch.setattr(O.F, "agents_for", lambda s: {"UCB1 (source)": A.UCB1(5),
+                                                      "greedy": A.Greedy(5)})
 
     config = C.StudyConfig(subject="bandit", runs=str(bandit_runs), seeds=(0,), tasks=6,
                            out=str(tmp_path))
