@@ -222,7 +222,8 @@ def compute(config: C.StudyConfig) -> dict:
                      "summary": summarise(steps, rows)})
     results = {"runs": runs,
                "summary": {str(r["seed"]): r["summary"] for r in runs},
-               "rule": choose_steps.__doc__.split("\n")[0] + " ...",
+               "rule": (f"step 0, the last step and the powers of two >= {MIN_STEP} between, "
+                        f"thinned evenly in log-step to {MAX_CHECKPOINTS} snapshots in all"),
                "max_checkpoints": MAX_CHECKPOINTS, "min_step": MIN_STEP,
                "metric": {"improvement": "return per episode (bandits: reward per pull), "
                                          "late minus early, true rewards recorded",

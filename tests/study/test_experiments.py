@@ -162,3 +162,20 @@ def test_over_training_smoke_on_a_tiny_run_with_snapshots(bandit_runs, tmp_path,
         assert s["last_minus_peak_true_improvement"]["mean"] == 0.0
     O.print_summary(record)
     assert (tmp_path / "over_training-bandit.png").exists()
+
+
+def test_over_training_peak_and_last_minus_peak_are_paired_over_tasks():
+    from experiments.study.over_training import CONDITIONS, summarise
+
+    def row(per_task):
+        per_task = np.asarray(per_task, float)
+        return {"improvement": {c: C.over_tasks(per_task) for c in CONDITIONS},
+                "improvement_per_task": {c: per_task.tolist() for c in CONDITIONS},
+                "fingerprint": {w: {"best": "UCB1"} for w in ("early", "late")},
+                "probe": {"score": 0.5, "embed": 0.1}}
+
+    s = summarise([0, 32, 64], [row([0, 0, 0]), row([3, 2, 4]), row([1, 2, 0])])
+    assert s["peak_step"] == 32 and s["improvement_true"] == [0.0, 3.0, 1.0]
+    d = s["last_minus_peak_true_improvement"]  # per task: -2, 0, -4
+    assert d["mean"] == -2.0
+    np.testing.assert_allclose(d["ci95"], 1.96 * 2.0 / np.sqrt(3))
