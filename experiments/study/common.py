@@ -453,9 +453,11 @@ def fmt(s: dict) -> str:
 
 def main(module, argv=None, subjects=SUBJECTS) -> int:
     """One experiment's command: ``module`` has ``EXPERIMENT``, ``compute(config)`` and
-    ``print_summary(record)``; its docstring is the ``--help``."""
+    ``print_summary(record)``, optionally ``SEEDS`` (the default ``--seeds``); its docstring
+    is the ``--help``."""
     p = parser(f"python -m experiments.study.{module.EXPERIMENT}", module.__doc__)
-    p.set_defaults(subjects=list(subjects))
+    # a module's SEEDS (e.g. over_training: one run) replaces the default 0 1 2
+    p.set_defaults(subjects=list(subjects), seeds=list(getattr(module, "SEEDS", (0, 1, 2))))
     args = p.parse_args(argv)
     for config in configs_from(args):
         record = run(module, config, force=args.force)

@@ -135,16 +135,67 @@ def windows(subject: C.Subject, T: int) -> dict:
     return {"early": slice(start, start + n), "late": slice(T - n, T)}
 
 
+def fingerprint_model(subject: C.Subject, m, i: int, agents: dict,
+                      fit_tasks: int | None = None) -> dict:
+    """One model's fingerprint: its streams on training tasks (temperature fit; ``fit_tasks``
+    of them, default ``config.tasks``) and held-out tasks (score; keys offset by ``i``, the
+    model's seed index), and per agent label its fitted temperature, its early / late / all
+    log-likelihood of the model's policy (softmax and eps-argmax), its per-step
+    log-likelihood (rows, T), and the ceiling."""
+    env = subject.env
+    base = jax.random.PRNGKey(subject.config.key)
+    train_key = jax.random.fold_in(base, 1)  # experiments.run's training-task draw
+    train_tasks = ev.eval_tasks(env, "train", fit_tasks or subject.config.tasks, train_key)
+    if env.finite_tasks:
+        train_tasks = ev.repeat_tasks(train_tasks, 2)
+    K = env.num_actions
+    s_train, pi_train = model_streams(subject, m, train_tasks, jax.random.fold_in(train_key, 50 + i))
+    s_test, pi_test = model_streams(subject, m, subject.tasks,
+                                    jax.random.fold_in(jax.random.fold_in(base, 0), 50 + i))
+    T = pi_test.shape[1]
+    win = {**windows(subject, T), "all": slice(0, T)}
+    fit = slice(win["early"].start, None)
+    temps, along, ceiling = {}, {}, {}
+    scores = {w: {} for w in ("early", "late", "all")}
+    eps_scores = {w: {} for w in ("early", "late")}
+    for name, agent in agents.items():
+        v_train = agent_values(subject, agent, s_train, train_tasks)
+        v_test = agent_values(subject, agent, s_test, subject.tasks)
+        # fitted on the steps the windows score (bandits: not the first K forced pulls)
+        t = fit_temperature(v_train[:, fit], pi_train[:, fit])
+        temps[name] = t
+        scored = {name: (log_softmax(v_test, t), eps_argmax_logp(v_test))}
+        if stochastic(agent):  # its own policy; "argmax" of a sampler is not its policy
+            own = log_softmax(v_test, 1.0)
+            scored = {name: (log_softmax(v_test, t), own),
+                      f"{name} (own policy, T=1)": (own, own)}
+        for label, (logp, logp_eps) in scored.items():
+            ll = cross_entropy_ll(pi_test, logp)
+            ll_eps = cross_entropy_ll(pi_test, logp_eps)
+            for w, sl in win.items():
+                scores[w][label] = ll[:, sl].mean()
+                if w != "all":
+                    eps_scores[w][label] = ll_eps[:, sl].mean()
+            along[label] = ll
+    uni = np.full(pi_test.shape[:2], -np.log(K))
+    # the ceiling: no agent scores above the model's own policy (minus its entropy)
+    own = cross_entropy_ll(pi_test, np.log(np.maximum(pi_test, 1e-30)))
+    for w, sl in win.items():
+        scores[w]["uniform"] = uni[:, sl].mean()
+        ceiling[w] = own[:, sl].mean()
+        if w != "all":
+            eps_scores[w]["uniform"] = uni[:, sl].mean()
+    along["uniform"] = uni
+    return {"temperatures": temps, "loglik": scores, "loglik_eps_argmax": eps_scores,
+            "along": along, "ceiling": ceiling}
+
+
 def compute(config: C.StudyConfig) -> dict:
     """This experiment's results for one subject (``C.run`` reuses or records them)."""
     subject = C.load_subject(config)
     env = subject.env
     agents = agents_for(subject)
     base = jax.random.PRNGKey(config.key)
-    train_key = jax.random.fold_in(base, 1)  # experiments.run's training-task draw
-    train_tasks = ev.eval_tasks(env, "train", config.tasks, train_key)
-    if env.finite_tasks:
-        train_tasks = ev.repeat_tasks(train_tasks, 2)
     K = env.num_actions
     names = [*agents, *(f"{k} (own policy, T=1)" for k, a in agents.items() if stochastic(a)),
              "uniform"]
@@ -156,40 +207,17 @@ def compute(config: C.StudyConfig) -> dict:
     for i, m in enumerate(subject.models):
         C.say(f"{config.subject} seed {config.seeds[i]}: the model on training tasks (fit) "
               f"and held-out tasks (score)")
-        s_train, pi_train = model_streams(subject, m, train_tasks, jax.random.fold_in(train_key, 50 + i))
-        s_test, pi_test = model_streams(subject, m, subject.tasks,
-                                        jax.random.fold_in(jax.random.fold_in(base, 0), 50 + i))
-        T = pi_test.shape[1]
-        win = {**windows(subject, T), "all": slice(0, T)}
-        fit = slice(win["early"].start, None)
-        for name, agent in agents.items():
-            v_train = agent_values(subject, agent, s_train, train_tasks)
-            v_test = agent_values(subject, agent, s_test, subject.tasks)
-            # fitted on the steps the windows score (bandits: not the first K forced pulls)
-            t = fit_temperature(v_train[:, fit], pi_train[:, fit])
-            temps[name].append(t)
-            scored = {name: (log_softmax(v_test, t), eps_argmax_logp(v_test))}
-            if stochastic(agent):  # its own policy; "argmax" of a sampler is not its policy
-                own = log_softmax(v_test, 1.0)
-                scored = {name: (log_softmax(v_test, t), own),
-                          f"{name} (own policy, T=1)": (own, own)}
-            for label, (logp, logp_eps) in scored.items():
-                ll = cross_entropy_ll(pi_test, logp)
-                ll_eps = cross_entropy_ll(pi_test, logp_eps)
-                for w, sl in win.items():
-                    scores[w][label].append(ll[:, sl].mean())
-                    if w != "all":
-                        eps_scores[w][label].append(ll_eps[:, sl].mean())
-                along[label].append(ll)
-        uni = np.full(pi_test.shape[:2], -np.log(K))
-        # the ceiling: no agent scores above the model's own policy (minus its entropy)
-        own = cross_entropy_ll(pi_test, np.log(np.maximum(pi_test, 1e-30)))
-        for w, sl in win.items():
-            scores[w]["uniform"].append(uni[:, sl].mean())
-            ceiling[w].append(own[:, sl].mean())
-            if w != "all":
-                eps_scores[w]["uniform"].append(uni[:, sl].mean())
-        along["uniform"].append(uni)
+        f = fingerprint_model(subject, m, i, agents)
+        for name in agents:
+            temps[name].append(f["temperatures"][name])
+        for table, out in (("loglik", scores), ("loglik_eps_argmax", eps_scores)):
+            for w, d in out.items():
+                for label in names:
+                    d[label].append(f[table][w][label])
+        for label in names:
+            along[label].append(f["along"][label])
+        for w in ceiling:
+            ceiling[w].append(f["ceiling"][w])
     results = {"temperatures": {k: {"per_seed": v} for k, v in temps.items()},
                "loglik": {w: {k: C.over_seeds(v) for k, v in d.items()} for w, d in scores.items()},
                "loglik_eps_argmax": {w: {k: C.over_seeds(v) for k, v in d.items()}

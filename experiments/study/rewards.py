@@ -47,21 +47,35 @@ def feedback(condition: str, num_steps: int):
             "freeze": st.FrozenRewards()}[condition]
 
 
-def closed_loop(subject: C.Subject) -> dict:
-    """Per condition: per-seed curves (rows, E) and pseudo-regrets (bandits)."""
+def closed_loop_model(subject: C.Subject, model, key, conditions=CONDITIONS,
+                      label: str = "") -> dict:
+    """One model in closed loop on the held-out tasks, per condition: its curve (rows, E)
+    and, for bandits, its pseudo-regret (rows, pulls; else None)."""
     E = subject.episodes
     num_steps = E * subject.horizon
+    out = {}
+    for c in conditions:
+        C.say(f"{subject.config.subject} {label}: closed loop, {c} rewards "
+              f"({subject.n} rollouts x {num_steps} steps)")
+        r = C.rollout(subject, model, subject.tasks, key, num_steps,
+                      feedback=feedback(c, num_steps))
+        out[c] = {"curve": ev.episode_curve(r, E),
+                  "regret": _pseudo_regret(subject.env, subject.tasks, r.action)
+                  if subject.bandit else None}
+    return out
+
+
+def closed_loop(subject: C.Subject) -> dict:
+    """Per condition: per-seed curves (rows, E) and pseudo-regrets (bandits)."""
     key = jax.random.fold_in(jax.random.PRNGKey(subject.config.key), 0)
     out = {c: {"curves": [], "regret": []} for c in CONDITIONS}
     for i, m in enumerate(subject.models):
+        res = closed_loop_model(subject, m, jax.random.fold_in(key, 100 + i),
+                                label=f"seed {subject.config.seeds[i]}")
         for c in CONDITIONS:
-            C.say(f"{subject.config.subject} seed {subject.config.seeds[i]}: closed loop, "
-                  f"{c} rewards ({subject.n} rollouts x {num_steps} steps)")
-            r = C.rollout(subject, m, subject.tasks, jax.random.fold_in(key, 100 + i),
-                          num_steps, feedback=feedback(c, num_steps))
-            out[c]["curves"].append(ev.episode_curve(r, E))
+            out[c]["curves"].append(res[c]["curve"])
             if subject.bandit:
-                out[c]["regret"].append(_pseudo_regret(subject.env, subject.tasks, r.action))
+                out[c]["regret"].append(res[c]["regret"])
     return out
 
 

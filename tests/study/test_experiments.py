@@ -41,7 +41,7 @@ def test_fit_temperature_recovers_the_temperature_that_made_the_policy():
 
 @pytest.mark.parametrize("name", ["rewards", "position", "information", "exploration",
                                   "goal_switch", "fingerprint", "probes", "reward_path",
-                                  "reward_patching"])
+                                  "reward_patching", "over_training"])
 def test_every_command_explains_itself(name, capsys):
     module = importlib.import_module(f"experiments.study.{name}")
     with pytest.raises(SystemExit) as exit_:
@@ -268,3 +268,97 @@ def test_probes_compute_on_tiny_models(subject, tmp_path, monkeypatch):
         assert np.isfinite(s[cond]["closed_loop"]["over_seeds"]["mean"])
     assert (tmp_path / "o" / f"probes-{subject}.png").exists()
     probes.print_summary(record)
+
+
+def test_over_training_chooses_step_zero_the_last_and_log_spaced_powers_of_two():
+    from ad.checkpoints import checkpoint_steps
+    from experiments.study.over_training import choose_steps
+
+    # the study's runs: every power of two from 32 fits in 8 (bandit 1500, Dark Room 2000 steps)
+    assert choose_steps(checkpoint_steps(1500)) == [0, 32, 64, 128, 256, 512, 1024, 1500]
+    assert choose_steps(checkpoint_steps(2000)) == [0, 32, 64, 128, 256, 512, 1024, 2000]
+    # thinned at evenly spaced indices (= evenly in log-step): 6 powers -> indices 0, 2, 5
+    # (linspace 0, 2.5, 5 rounded half to even)
+    assert choose_steps(checkpoint_steps(1500), max_checkpoints=5) == [0, 32, 128, 1024, 1500]
+    assert choose_steps(checkpoint_steps(6)) == [0, 6]  # nothing past the warm-up floor
+    assert choose_steps(checkpoint_steps(6), min_step=2) == [0, 2, 4, 6]
+    with pytest.raises(ValueError, match="step 0"):
+        choose_steps([4, 8])
+
+
+def test_over_training_dark_room_probe_label_is_a_reward_read_before_the_step():
+    from types import SimpleNamespace
+
+    from ad.interp.streams import Stream
+    from experiments.study.over_training import probe_labels
+
+    reward = np.array([[0., 0., 1., 0., 1.], [0., 0., 0., 0., 0.]])
+    s = Stream(obs=np.zeros((2, 5, 2), int), action=np.zeros((2, 5), int), reward=reward,
+               done=np.zeros((2, 5), bool))
+    labels, positions, kind = probe_labels(SimpleNamespace(bandit=False), s)
+    # the token of step t reads reward t-1: the paid step 2 is known from step 3 on
+    np.testing.assert_array_equal(labels, [[0, 0, 0, 1, 1], [0, 0, 0, 0, 0]])
+    assert kind == "logistic" and positions.all()
+
+
+@pytest.fixture(scope="module")
+def bandit_runs(tmp_path_factory):
+    """<runs>/bandit/ad-seed0: a tiny model distilled for 4 steps from 8 UCB1 histories,
+    with snapshots (steps 0, 1, 2, 4)."""
+    from ad.config import ArchConfig
+    from ad.train import DistillConfig, distill
+    from experiments.collect import CollectConfig, collect
+
+    root = tmp_path_factory.mktemp("runs")
+    data = root / "data"
+    collect(CollectConfig(out=data, env="bernoulli-bandit", source="ucb",
+                          source_overrides={"num_steps": 100}, num_histories=8, verbose=False))
+    arch = ArchConfig(context=8, d_model=16, num_layers=1, num_heads=2, mlp_dim=32, dropout=0.0)
+    distill(DistillConfig(dataset=str(data), out=str(root / "bandit" / "ad-seed0"), model=arch,
+                          window=16, batch_size=4, num_steps=4, warmup_steps=2, lr=3e-3,
+                          snapshots=True, progress=False))
+    return root
+
+
+def test_over_training_smoke_on_a_tiny_run_with_snapshots(bandit_runs, tmp_path, monkeypatch):
+    from ad.interp import agents as A
+    from experiments.study import over_training as O
+
+    # two agents keep it fast (the Gittins table takes seconds to build)
+    monkeypatch.setattr(O.F, "agents_for", lambda s: {"UCB1 (source)": A.UCB1(5),
+                                                      "greedy": A.Greedy(5)})
+
+    config = C.StudyConfig(subject="bandit", runs=str(bandit_runs), seeds=(0,), tasks=6,
+                           out=str(tmp_path))
+    record = C.run(O, config)
+    s = record["results"]["summary"]["0"]
+    assert s["steps"] == [0, 4]  # snapshots 0, 1, 2, 4: the middle ones are below MIN_STEP
+    rows = record["results"]["runs"][0]["snapshots"]
+    for row in rows:
+        assert set(row["improvement"]) == {"true", "zero", "flip"}
+        assert row["improvement"]["true"]["tasks"] == 6
+        assert row["fingerprint"]["late"]["best"] in row["fingerprint"]["late"]["scores"]
+        p = row["probe"]
+        assert p["best_hook"].startswith("blocks.0.hook_resid_") and np.isfinite(p["score"])
+    # the peak's paired difference with itself is exactly 0 when the last is the peak
+    if s["peak_step"] == 4:
+        assert s["last_minus_peak_true_improvement"]["mean"] == 0.0
+    O.print_summary(record)
+    assert (tmp_path / "over_training-bandit.png").exists()
+
+
+def test_over_training_peak_and_last_minus_peak_are_paired_over_tasks():
+    from experiments.study.over_training import CONDITIONS, summarise
+
+    def row(per_task):
+        per_task = np.asarray(per_task, float)
+        return {"improvement": {c: C.over_tasks(per_task) for c in CONDITIONS},
+                "improvement_per_task": {c: per_task.tolist() for c in CONDITIONS},
+                "fingerprint": {w: {"best": "UCB1"} for w in ("early", "late")},
+                "probe": {"score": 0.5, "embed": 0.1}}
+
+    s = summarise([0, 32, 64], [row([0, 0, 0]), row([3, 2, 4]), row([1, 2, 0])])
+    assert s["peak_step"] == 32 and s["improvement_true"] == [0.0, 3.0, 1.0]
+    d = s["last_minus_peak_true_improvement"]  # per task: -2, 0, -4
+    assert d["mean"] == -2.0
+    np.testing.assert_allclose(d["ci95"], 1.96 * 2.0 / np.sqrt(3))
