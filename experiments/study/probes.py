@@ -24,7 +24,11 @@ the shuffled-label control (same folds) and the embedding-only control (``hook_e
 Causal check: at the best hook for the key label (bandit: the UCB index; Dark Room: goal
 found, steered along a ridge fit of the 0/1 label) add ±1 SD of the label along the probe
 direction (``alpha · w / |w|²`` raises the probe's prediction by ``alpha``) at every action
-position, and the same norm along a random direction. Bandit: row b steers arm b mod 5 and
+position, and the same norm along a random direction; amended before the run (the probe's
+step proved ~7% of the activations' norm on the bandit): also ±1 SD along the label's
+*activation pattern* (``pattern``: the shift of the activations that accompanies a 1-SD
+change of the label, ``Cov(x, y) / SD(y)``), with its own norm-matched random control.
+Bandit: row b steers arm b mod 5 and
 the change in that arm's probability is measured (teacher-forced; and in closed loop, the
 sampling probability over 100 pulls); Dark Room: the change in the probability of a
 shortest-path action (teacher-forced) and in the mean return per episode (closed loop).
@@ -56,7 +60,8 @@ from experiments.study import common as C  # noqa: E402
 
 EXPERIMENT = "probes"
 MAX_ROWS = 20_000  # positions per probe (a seeded sample): bounds the time of every fit
-CONDITIONS = ("none", "probe+", "probe-", "random+", "random-")  # the steering conditions
+CONDITIONS = ("none", "probe+", "probe-", "random+", "random-",  # the steering conditions
+              "pattern+", "pattern-", "random-pattern+", "random-pattern-")
 KEY_LABEL = {"bandit": "ucb_index", "darkroom": "goal_found"}
 
 
@@ -194,18 +199,35 @@ def probe_all(acts: dict, labels: dict[str, Label], groups: np.ndarray, seed: in
 # ----------------------------------------------------------------------------------------
 # Steering
 # ----------------------------------------------------------------------------------------
+def pattern(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(k, d): per label column, the shift of the activations ``x`` (n, d) that accompanies a
+    +1 SD change of the label ``y`` (n, k): the regression of x on y times SD(y),
+    ``Cov(x, y) / SD(y)`` (the probe's forward model, not its read-out weights)."""
+    x = np.asarray(x, np.float64) - np.mean(x, 0)
+    y = np.asarray(y, np.float64).reshape(len(x), -1)
+    y = y - y.mean(0)
+    return (y.T @ x / len(x)) / np.maximum(y.std(0), 1e-12)[:, None]
+
+
 def steering_vectors(direction: np.ndarray, sd: np.ndarray, arm: np.ndarray,
-                     key: jax.Array) -> np.ndarray:
-    """(conditions, B, d): per row, ``±sd · w / |w|²`` along its target's probe direction
-    (``direction`` (k, d), ``sd`` (k,), ``arm`` (B,) the target of each row), and a random
-    direction of the same norm; condition 0 ("none") is zero (same graph, bit for bit)."""
+                     key: jax.Array, patterns: np.ndarray | None = None) -> np.ndarray:
+    """(conditions, B, d) in ``CONDITIONS`` order: per row, ``±sd · w / |w|²`` along its
+    target's probe direction (``direction`` (k, d), ``sd`` (k,), ``arm`` (B,) the target of
+    each row), a random direction of the same norm, ``±patterns`` (k, d: ``pattern``, zero
+    if None) and a random direction of its norm; condition 0 ("none") is zero (same graph,
+    bit for bit)."""
     w = np.asarray(direction, np.float64).reshape(len(sd), -1)
     step = sd[:, None] * w / (w ** 2).sum(1, keepdims=True)  # (k, d): +1 SD of the label
-    rand = np.asarray(jax.random.normal(key, w.shape), np.float64)
-    rand *= np.linalg.norm(step, axis=1, keepdims=True) / np.linalg.norm(rand, axis=1,
-                                                                         keepdims=True)
-    s, r = step[arm], rand[arm]
-    return np.stack([0 * s, s, -s, r, -r]).astype(np.float32)
+    pat = np.zeros_like(step) if patterns is None else np.asarray(patterns, np.float64)
+    k1, k2 = jax.random.split(key)
+
+    def random_like(v, k):
+        r = np.asarray(jax.random.normal(k, w.shape), np.float64)
+        return r * np.linalg.norm(v, axis=1, keepdims=True) / np.linalg.norm(r, axis=1,
+                                                                          keepdims=True)
+
+    s, r, p, rp = step[arm], random_like(step, k1)[arm], pat[arm], random_like(pat, k2)[arm]
+    return np.stack([0 * s, s, -s, r, -r, p, -p, rp, -rp]).astype(np.float32)
 
 
 def edits(name: str, config, vectors) -> dict:
@@ -252,7 +274,7 @@ def per_task(x: np.ndarray, rollouts_per_task: int) -> np.ndarray:
 
 
 def steering(subject: C.Subject, model, stream: Stream, name: str, res, sd: np.ndarray,
-             key, start: int) -> dict:
+             key, start: int, patterns: np.ndarray) -> dict:
     """Per condition: the per-task change against no steering, teacher-forced and closed
     loop (module docstring)."""
     B = stream.action.shape[0]
@@ -261,7 +283,7 @@ def steering(subject: C.Subject, model, stream: Stream, name: str, res, sd: np.n
         arm = np.arange(B) % len(sd)
     else:
         arm = np.zeros(B, int)
-    vectors = steering_vectors(res.direction, sd, arm, key)
+    vectors = steering_vectors(res.direction, sd, arm, key, patterns)
     pi = steered_policy(model, stream, name, vectors)
     if subject.bandit:  # the probability of the steered arm, from pull ``start`` on
         tf = np.take_along_axis(pi, arm[None, :, None, None], -1)[..., start:, 0]
@@ -318,11 +340,13 @@ def compute(config: C.StudyConfig) -> dict:
                         seed=config.key)
         C.say(f"{config.subject} seed {config.seeds[i]}: steering {key_label} at {best}")
         effect = steering(subject, m, stream, best, res, y.std(0),
-                          jax.random.fold_in(jax.random.PRNGKey(config.key), 500 + i), start)
+                          jax.random.fold_in(jax.random.PRNGKey(config.key), 500 + i), start,
+                          pattern(acts[best][lab.rows, lab.cols], y))
         vectors = effect.pop("vectors")
         steer.append({"hook": best, "sd": y.std(0), **effect,
                       # the size of +1 SD along the probe against the activations there
                       "step_norm": float(np.linalg.norm(vectors[1], axis=-1).mean()),
+                      "pattern_norm": float(np.linalg.norm(vectors[5], axis=-1).mean()),
                       "activation_norm": float(np.linalg.norm(
                           acts[best][lab.rows, lab.cols], axis=-1).mean())})
     results = summarise(subject, labels, names, per_seed, steer, key_label)
@@ -354,6 +378,7 @@ def summarise(subject, labels, names, per_seed, steer, key_label) -> dict:
     steering_out = {"label": key_label, "hooks_per_seed": [s["hook"] for s in steer],
                     "sd_per_seed": [s["sd"] for s in steer],
                     "step_norm_per_seed": [s["step_norm"] for s in steer],
+                    "pattern_norm_per_seed": [s["pattern_norm"] for s in steer],
                     "activation_norm_per_seed": [s["activation_norm"] for s in steer],
                     "measure": ("probability of the steered arm" if subject.bandit else
                                 "teacher-forced: probability of a shortest-path action; "
@@ -367,6 +392,8 @@ def summarise(subject, labels, names, per_seed, steer, key_label) -> dict:
     for mode in ("teacher_forced", "closed_loop"):  # the probe against its random control
         steering_out[f"probe_minus_random_{mode}"] = C.over_seeds(
             [(s["probe+"][mode] - s["random+"][mode]).mean() for s in steer])
+        steering_out[f"pattern_minus_random_{mode}"] = C.over_seeds(
+            [(s["pattern+"][mode] - s["random-pattern+"][mode]).mean() for s in steer])
     return {"hooks": names, "labels": list(labels), "max_rows": MAX_ROWS, "summary": summary,
             "per_seed": per_seed, "steering": steering_out}
 
@@ -411,14 +438,21 @@ def print_summary(record: dict) -> None:
         print(f"  {'':28s} embed {C.fmt(e['embed'])}; shuffled {C.fmt(e['best_shuffled'])}{extra}")
     s = r["steering"]
     print(f"  steering {s['label']} at {s['hooks_per_seed']} ({s['measure']}), change vs none; "
-          f"|step| {', '.join(f'{v:.2f}' for v in s['step_norm_per_seed'])} against "
+          f"|step| {', '.join(f'{v:.2f}' for v in s['step_norm_per_seed'])}, |pattern| "
+          f"{', '.join(f'{v:.2f}' for v in s.get('pattern_norm_per_seed', []))} against "
           f"|activation| {', '.join(f'{v:.2f}' for v in s['activation_norm_per_seed'])}:")
     for cond in CONDITIONS[1:]:
-        print(f"    {cond:8s} teacher-forced {C.fmt(s[cond]['teacher_forced']['over_seeds'])}; "
+        if cond not in s:  # a record made before the pattern conditions
+            continue
+        print(f"    {cond:15s} teacher-forced {C.fmt(s[cond]['teacher_forced']['over_seeds'])}; "
               f"closed loop {C.fmt(s[cond]['closed_loop']['over_seeds'])}")
     print(f"    probe+ minus random+: teacher-forced "
           f"{C.fmt(s['probe_minus_random_teacher_forced'])}; closed loop "
           f"{C.fmt(s['probe_minus_random_closed_loop'])}")
+    if "pattern_minus_random_closed_loop" in s:
+        print(f"    pattern+ minus random-pattern+: teacher-forced "
+              f"{C.fmt(s['pattern_minus_random_teacher_forced'])}; closed loop "
+              f"{C.fmt(s['pattern_minus_random_closed_loop'])}")
 
 
 if __name__ == "__main__":

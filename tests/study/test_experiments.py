@@ -198,11 +198,19 @@ def test_steering_moves_the_probe_by_one_sd_and_zero_steering_changes_nothing(ti
     rng = np.random.default_rng(1)
     w = rng.normal(size=(3, 16))
     sd = np.array([0.5, 1.0, 2.0])
-    v = probes.steering_vectors(w, sd, np.array([0, 1, 2, 0]), jax.random.PRNGKey(0))
-    assert v.shape == (5, 4, 16) and not v[0].any()
+    # the activation pattern of a label the activations move with exactly: x = y a + c
+    a, y = rng.normal(size=(3, 16)), rng.normal(size=(500, 3)) * sd
+    pat = np.concatenate([probes.pattern(y[:, [k]] @ a[[k]] + 5.0, y[:, [k]]) for k in range(3)])
+    np.testing.assert_allclose(pat, y.std(0)[:, None] * a, rtol=1e-6)  # +1 SD of y: SD(y) a
+    v = probes.steering_vectors(w, sd, np.array([0, 1, 2, 0]), jax.random.PRNGKey(0), pat)
+    assert v.shape == (len(probes.CONDITIONS), 4, 16) and not v[0].any()
     np.testing.assert_allclose((v[1] * w[[0, 1, 2, 0]]).sum(-1), sd[[0, 1, 2, 0]], rtol=1e-5)
     np.testing.assert_array_equal(v[2], -v[1])
     np.testing.assert_allclose(np.linalg.norm(v[3], axis=-1), np.linalg.norm(v[1], axis=-1),
+                               rtol=1e-5)
+    np.testing.assert_allclose(v[5], pat[[0, 1, 2, 0]], rtol=1e-5)
+    np.testing.assert_array_equal(v[6], -v[5])
+    np.testing.assert_allclose(np.linalg.norm(v[7], axis=-1), np.linalg.norm(v[5], axis=-1),
                                rtol=1e-5)
     config = tiny_config(d_model=16, num_layers=1)
     params = jax.jit(init_params, static_argnums=0)(config, jax.random.PRNGKey(0))  # eager: slow
