@@ -328,6 +328,9 @@ def bandit_runs(tmp_path_factory):
     return root
 
 
+# ~26 s with its fixture (a tiny training run with snapshots): under -m slow to keep make test
+# near 10 minutes; the snapshot rule and the measures' helpers are tested above and below
+@pytest.mark.slow
 def test_over_training_smoke_on_a_tiny_run_with_snapshots(bandit_runs, tmp_path, monkeypatch):
     from ad.interp import agents as A
     from experiments.study import over_training as O
