@@ -48,6 +48,7 @@ import numpy as np  # noqa: E402
 from ad import evaluate as ev  # noqa: E402
 from ad.interp import agents as A  # noqa: E402
 from ad.interp.streams import Stream  # noqa: E402
+from ad.plots import save_figure  # noqa: E402
 from experiments.run import _pseudo_regret  # noqa: E402
 from experiments.study import common as C  # noqa: E402
 from experiments.study.matched import matched_source  # noqa: E402
@@ -271,10 +272,7 @@ def plot(subject: C.Subject, along: dict) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _, png = C.output_paths(EXPERIMENT, subject.config)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    save_figure(fig, C.output_paths(EXPERIMENT, subject.config)[1])  # atomic
 
 
 def print_summary(record: dict) -> None:

@@ -53,6 +53,7 @@ from ad.interp import agents as A  # noqa: E402
 from ad.interp.cache import run_with_cache  # noqa: E402
 from ad.interp.probes import probe_hook  # noqa: E402
 from ad.interp.streams import Stream, to_inputs  # noqa: E402
+from ad.plots import save_figure  # noqa: E402
 from experiments.study import common as C  # noqa: E402
 from experiments.study import fingerprint as F  # noqa: E402
 from experiments.study import rewards as R  # noqa: E402
@@ -276,10 +277,7 @@ def plot(subject: C.Subject, results: dict) -> None:
     fig.suptitle(f"{subject.config.subject}: over training (held-out tasks, "
                  f"{'bandits' if subject.bandit else 'goals'} x rollouts = {subject.n})")
     fig.tight_layout()
-    _, png = C.output_paths(EXPERIMENT, subject.config)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    save_figure(fig, C.output_paths(EXPERIMENT, subject.config)[1])  # atomic
 
 
 def print_summary(record: dict) -> None:

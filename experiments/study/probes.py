@@ -55,6 +55,7 @@ from ad.interp import agents as A  # noqa: E402
 from ad.interp.cache import run_with_cache  # noqa: E402
 from ad.interp.probes import probe  # noqa: E402
 from ad.interp.streams import Stream, episode_index, step_in_episode, to_inputs  # noqa: E402
+from ad.plots import save_figure  # noqa: E402
 from experiments.collect import episode_selection  # noqa: E402
 from experiments.study import common as C  # noqa: E402
 
@@ -422,10 +423,7 @@ def plot(subject: C.Subject, results: dict) -> None:
     fig.suptitle(f"{subject.config.subject}: linear probes by hook (lines: seeds; x: shuffled "
                  f"labels; first point: embedding only)", fontsize=10)
     fig.tight_layout()
-    _, png = C.output_paths(EXPERIMENT, subject.config)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    save_figure(fig, C.output_paths(EXPERIMENT, subject.config)[1])  # atomic
 
 
 def print_summary(record: dict) -> None:

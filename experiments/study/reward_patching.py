@@ -48,6 +48,7 @@ import numpy as np  # noqa: E402
 from ad.interp.patching import patch_sweep  # noqa: E402
 from ad.model import ADTransformer  # noqa: E402
 from ad.interp.streams import Stream, episode_index, to_inputs  # noqa: E402
+from ad.plots import save_figure  # noqa: E402
 from experiments.study import common as C  # noqa: E402
 from experiments.study import reward_path  # noqa: E402
 
@@ -325,10 +326,7 @@ def plot(subject: C.Subject, results: dict) -> None:
     ax.legend(fontsize=8)
     ax.set_title(f"{subject.config.subject}: named vs random heads mean-ablated in closed loop",
                  fontsize=9)
-    _, png = C.output_paths(EXPERIMENT, subject.config)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    save_figure(fig, C.output_paths(EXPERIMENT, subject.config)[1])  # atomic
 
 
 def print_summary(record: dict) -> None:

@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 
 from ad import evaluate as ev  # noqa: E402
 from ad import hooks  # noqa: E402
+from ad.plots import save_figure  # noqa: E402
 from experiments.analysis.interp_tutorial import training_means  # noqa: E402
 from experiments.study import common as C  # noqa: E402
 from experiments.study.information import as_history  # noqa: E402
@@ -180,10 +181,7 @@ def plot(subject: C.Subject, results: dict) -> None:
                  f"(one dot per seed, held-out tasks)", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    _, png = C.output_paths(EXPERIMENT, subject.config)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    save_figure(fig, C.output_paths(EXPERIMENT, subject.config)[1])  # atomic
 
 
 def print_summary(record: dict) -> None:

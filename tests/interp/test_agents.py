@@ -32,12 +32,16 @@ def test_ucb1_argmax_reproduces_the_source_exactly():
     np.testing.assert_array_equal(np.asarray(v).argmax(-1), np.asarray(h.action))
 
 
-def test_along_stream_equals_a_python_loop():
-    rng = np.random.default_rng(0)
+def _bandit_stream(seed: int):
+    """3 random 4-armed bandit streams of 12 pulls: (obs, action, reward, done)."""
+    rng = np.random.default_rng(seed)
     action = rng.integers(0, 4, (3, 12)).astype(np.int32)
     reward = rng.integers(0, 2, (3, 12)).astype(np.float32)
-    obs = np.zeros((3, 12), np.int32)
-    done = np.ones((3, 12), bool)
+    return np.zeros((3, 12), np.int32), action, reward, np.ones((3, 12), bool)
+
+
+def test_along_stream_equals_a_python_loop():
+    obs, action, reward, done = _bandit_stream(0)
     agent = A.Greedy(4)
     got = np.asarray(A.along_stream(agent, obs, action, reward, done))
     for b in range(3):
@@ -50,11 +54,7 @@ def test_along_stream_equals_a_python_loop():
 
 
 def test_states_along_is_the_state_before_each_step_as_a_python_loop():
-    rng = np.random.default_rng(1)
-    action = rng.integers(0, 4, (3, 12)).astype(np.int32)
-    reward = rng.integers(0, 2, (3, 12)).astype(np.float32)
-    obs = np.zeros((3, 12), np.int32)
-    done = np.ones((3, 12), bool)
+    obs, action, reward, done = _bandit_stream(1)
     got = A.states_along(A.UCB1(4), obs, action, reward, done)
     for b in range(3):
         counts, sums = np.zeros(4), np.zeros(4)
