@@ -34,7 +34,6 @@ Writes ``<out>/reward_patching-<subject>.{json,png}``.
 
 from __future__ import annotations
 
-import functools
 import sys
 from typing import NamedTuple
 
@@ -46,7 +45,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ad.interp.patching import patch_sweep  # noqa: E402
-from ad.model import ADTransformer  # noqa: E402
 from ad.interp.streams import Stream, episode_index, to_inputs  # noqa: E402
 from ad.plots import save_figure  # noqa: E402
 from experiments.study import common as C  # noqa: E402
@@ -119,18 +117,9 @@ def darkroom_candidates(stream: Stream, window: int, per_history: int = DARK_CAN
     return one_reward_windows(stream, rows, flips, ends, window, 0.0)
 
 
-@functools.partial(jax.jit, static_argnames="config")
-def _last_policy(params, inputs, config):
-    return jax.nn.softmax(ADTransformer(config).apply({"params": params}, inputs,
-                                                      train=False)[:, -1], -1)
-
-
-def last_policies(model, stream: Stream, chunk: int = 512) -> np.ndarray:
-    """(P, A) the model's policy at the last step of each window."""
-    P = stream.action.shape[0]
-    return np.concatenate([np.asarray(_last_policy(
-        model.params, to_inputs(jax.tree.map(lambda x: x[i:i + chunk], stream), model.config),
-        model.config)) for i in range(0, P, chunk)])
+def last_policies(model, stream: Stream) -> np.ndarray:
+    """(P, A) the model's policy at the last step of each window (``common.policy``)."""
+    return C.policy(model, stream, chunk=512)[:, -1]
 
 
 class Selected(NamedTuple):
