@@ -20,29 +20,22 @@ register(dataclasses.replace(SETTINGS["bandit"], name="bandit-thompson", source=
 
 # Key-to-Door from R-max histories: the model and training of the explore-and-remember
 # diagnostic's best recipe (`key-to-door-memory-early`: previous observation and episode-start
-# inputs, 3,000 steps), 2,048-step histories kept whole. An unknown state-action is worth one
-# reward (1; r_max = 2 is the key plus the door): any known key-door path pays the optimum 2
-# in 50 steps, so R-max exploits its first find, reaching 0.83 / 1.33 / 1.86 by episode 5 / 10
-# / 20 (row C1's gamma 0.8 with the textbook value: 0.29 / 0.68 / 1.29); docs/key_to_door.md.
+# inputs, 3,000 steps), 2,048-step histories (R-max has explored and exploits by ~1,400) kept
+# whole. gamma 0.8: a known key-door path wins over unknown cells a few steps further away.
 register(dataclasses.replace(
     SETTINGS["key-to-door-memory-early"], name="key-to-door-rmax", source="rmax",
-    source_overrides=dict(num_steps=2048, optimistic_value=1.0), subsample_every=1,
-    subsample_steps=0))
+    source_overrides=dict(num_steps=2048, gamma=0.8), subsample_every=1, subsample_steps=0))
 
 # Dark Room from R-max histories (100 episodes, every 2nd kept); the paper setting's model and training.
-# An unknown state-action is worth 10 (half of staying on the goal forever at gamma 0.95) instead of
-# the textbook 20: on the held-out goals R-max then reaches 16.45 by episode 30 instead of 14.81
-# (with 1 to 5 it exploits the first, winding path it found and stalls near 10.4-11.8);
-# docs/results/README.md.
 register(dataclasses.replace(
     SETTINGS["darkroom"], name="darkroom-rmax", source="rmax", histories=1040,
-    source_overrides=dict(num_steps=2000, optimistic_value=10.0), subsample_every=2))
+    source_overrides=dict(num_steps=2000), subsample_every=2))
 
 # Dark Room Hard from R-max histories (200 episodes, every 2nd kept); the paper setting's model
 # and training. An unknown state-action is worth one reward (r_max): Hard pays once on arrival,
 # so any known path to the goal is optimal and the only question is how fast the goal is found;
-# on the held-out goals R-max then reaches 0.24 / 0.67 / 0.96 by episode 10 / 50 / 100, the
-# textbook r_max / (1 - gamma) 0.07 / 0.18 / 0.33 (it tries all 2,890 state-actions first).
+# in a quick check on the held-out goals (one history each) R-max then reached 0.24 / 0.67 / 0.96 by episode 10 / 50 / 100, the
+# textbook r_max / (1 - gamma) gave 0.07 / 0.18 / 0.33 (it tries all 2,890 state-actions first).
 register(dataclasses.replace(
     SETTINGS["darkroom-hard"], name="darkroom-hard-rmax", source="rmax", histories=1155,
     source_overrides=dict(num_steps=4000, optimistic_value=1.0), subsample_every=2))
