@@ -238,10 +238,15 @@ def episode_curve(rollout_or_history, num_episodes: int) -> np.ndarray:
     return np.asarray(curve[:, :num_episodes])
 
 
+def by_episode_rows(curve: np.ndarray, k: int) -> np.ndarray:
+    """The issue's "by episode k" of each row: mean over episodes k−4 … k+5 (1-based)."""
+    lo, hi = max(k - 5, 0), min(k + 5, curve.shape[-1])
+    return np.mean(np.asarray(curve)[..., lo:hi], axis=-1)
+
+
 def by_episode(curve: np.ndarray, k: int) -> float:
     """The issue's "by episode k": mean over episodes k−4 … k+5 (1-based), all rows."""
-    lo, hi = max(k - 5, 0), min(k + 5, curve.shape[-1])
-    return float(np.mean(curve[..., lo:hi]))
+    return float(np.mean(by_episode_rows(curve, k)))
 
 
 def episodes_to(curve: np.ndarray, level: float) -> int | None:

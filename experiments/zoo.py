@@ -7,10 +7,13 @@ Reads only what ships (``ad/zoo/weights/catalogue.json`` and ``handbuilt.json``,
 by ``python -m ad.zoo.build`` and ``python -m ad.zoo.handbuilt``): nothing is retrained.
 
 The frontier (the issue's "smallest in-context learner"): a configuration *passes* when
-the mean over its five seeds of the held-out pseudo-regret (100 pulls, 1000 test-stream
-tasks) is at most 1.1x the source's (UCB1 learning from scratch on the same tasks). The
-criterion was fixed before the runs; the default seed's figure is reported beside it.
-Hand-built models are listed apart: they are not learned.
+the mean over its five seeds of the held-out score meets the family's bar. Bandits: the
+pseudo-regret (100 pulls, 1000 test-stream tasks) is at most 1.1x the source's (UCB1
+learning from scratch on the same tasks). Dark Room: the return by episode 50 (mean of
+episodes 46-55; 16 held-out goals x 8 rollouts) is at least 0.8x the mean optimum of the
+same goals. Both criteria were fixed before the runs (the Dark Room one in the commit
+that added the family, before its build); the default seed's figure is reported beside
+it. Hand-built models are listed apart: they are not learned.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import numpy as np  # noqa: E402
 from ad.utils import atomic_write_text  # noqa: E402
 from ad.zoo import WEIGHTS  # noqa: E402
 
-BAR = 1.1  # regret at most BAR x the source's
+BAR = 1.1  # bandits: regret at most BAR x the source's
+RETURN_BAR = 0.8  # Dark Room: return by episode 50 at least RETURN_BAR x the optimum
 
 
 def load_catalogue() -> tuple[dict, dict, dict]:

@@ -12,13 +12,14 @@ config, which is authoritative: context and positions cannot be inferred from we
 Its arguments are checked against the catalogue: a value no entry has, or a choice that
 leaves several entries, is an error listing the valid values. ``seed=None`` gives the
 entry's default seed, the best of five on *validation* tasks (bandits: a third key
-stream, neither the training nor the held-out one; ``ad/zoo/build.py``). ``step=None``
+stream, neither the training nor the held-out one; Dark Room: the training goals;
+``ad/zoo/build.py``). ``step=None``
 gives the final checkpoint, which ships in the package (``ad/zoo/weights/``, package data:
 offline); other steps (0 and the powers of two) are rebuilt by
 ``python -m ad.zoo.build`` and loaded only if their hash equals the committed manifest's.
 
-Families: ``bandit2`` / ``bandit5`` (Bernoulli bandits, 100 pulls, distilled from UCB1)
-and the hand-built ``bandit{2,5}-{greedy,bonus}`` (``ad/zoo/handbuilt.py``). Write-ups
+Families: ``bandit2`` / ``bandit5`` (Bernoulli bandits, 100 pulls, distilled from UCB1),
+``darkroom`` (9x9 Dark Room, distilled from PPO) and the hand-built ``bandit{2,5}-{greedy,bonus}`` (``ad/zoo/handbuilt.py``). Write-ups
 and catalogue figures: ``docs/zoo/``.
 """
 
@@ -46,9 +47,11 @@ class Entry(NamedTuple):
     mlp_dim: int  # 0: attention-only
     num_params: int
     seeds: tuple  # the seeds that ship
-    best_seed: int  # the default: lowest validation regret
+    best_seed: int  # the default: best validation score
     steps: tuple  # checkpoint steps (the last ships; the others rebuild)
-    heldout_regret: float  # the default seed's held-out pseudo-regret over 100 pulls
+    metric: str  # "regret" (bandits: pseudo-regret over 100 pulls, lower is better) or
+    #   "return" (Dark Room: return by episode 50, higher is better)
+    heldout: float  # the default seed's held-out score in that metric
     handbuilt: bool = False
 
     @property
@@ -74,7 +77,7 @@ def list(family: str | None = None) -> "list[Entry]":  # noqa: A001 (the issue's
         best = e["best_seed"]
         out.append(Entry(name, e["family"], e["d_model"], e["num_layers"], e["num_heads"],
                          e["mlp_dim"], e["num_params"], tuple(e["seeds"]), best,
-                         tuple(e["steps"]), e["heldout_regret"][best]["mean"],
+                         tuple(e["steps"]), e["metric"], e["heldout"][best]["mean"],
                          e.get("handbuilt", False)))
     if family is not None and not out:
         raise ValueError(f"ad.zoo: no family {family!r}; families: {families()}")

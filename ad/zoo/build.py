@@ -1,12 +1,13 @@
 """Build the model zoo: collect, distill five seeds per configuration in one vmapped call,
 checkpoint, evaluate on held-out tasks, choose the best seed on validation tasks, ship.
 
-    python -m ad.zoo.build                      # the whole catalogue (bandits: ~1 h, 2 cores)
+    python -m ad.zoo.build                      # the whole catalogue (bandits ~1 h, Dark Room ~1 h)
     python -m ad.zoo.build --family bandit2 --only d8-L1-H2-M0 --verify   # check a rebuild
 
 The algorithm, top to bottom (``build``):
 1. Collect each family's learning histories with ``experiments.collect`` (UCB1 on
-   Bernoulli bandits, 100 pulls; deterministic: history i depends on (seed, i)).
+   Bernoulli bandits, 100 pulls; PPO on Dark Room, every 8th episode kept; deterministic:
+   history i depends on (seed, i)).
 2. For each configuration, the five seeds train together: ``jax.jit(jax.vmap(train_step))``
    of the project's one train step (``ad.train_step.make_train_step``: same loss, same
    optimiser) over stacked train states; seed ``s`` is initialised exactly as
@@ -14,12 +15,15 @@ The algorithm, top to bottom (``build``):
 3. Checkpoints (sealed ``model/`` dirs, ``ad.checkpoints.save_model``) at step 0, every
    power of two and the final step, under ``<out>/<family>/<arch>/seed<s>/step_<n>``.
 4. Evaluation (``ad.evaluate.ad_rollout``, sampling at temperature 1, vmapped over seeds
-   and checkpoints): pseudo-regret over 100 pulls (sum of ``max(means) - means[a_t]``) on
-   held-out tasks (the env's test key stream) at every checkpoint, and on *validation*
-   tasks (a third key stream, ``fold_in(key, 2)`` of the env's own mean sampler, neither
-   the train nor the test stream) for the final step only. The default seed of an entry
-   is the best on validation, never on held-out tasks. Baselines on the same held-out
-   tasks: the source (UCB1 learning from scratch), uniform random, and the optimum (0).
+   and checkpoints), the family's score per rollout: bandits, pseudo-regret over 100 pulls
+   (sum of ``max(means) - means[a_t]``; lower is better); Dark Room, the return "by
+   episode 50" (``ad.evaluate.by_episode``: mean of episodes 46-55; higher is better). On
+   held-out tasks (bandits: the env's test key stream; Dark Room: its held-out goals) at
+   every checkpoint, and on *validation* tasks for the final step only (bandits: a third
+   key stream, ``fold_in(key, 2)`` of the env's own mean sampler, neither the train nor
+   the test stream; Dark Room: the training goals, as it has no third set). The default
+   seed of an entry is the best on validation, never on held-out tasks. Baselines on the
+   same held-out tasks: the source learning from scratch, uniform random, the optimum.
 5. Shipping: the final checkpoint of every seed is copied to ``ad/zoo/weights/`` with
    the catalogue (``catalogue.json``), a model card per entry, the manifest of hashes of
    *every* checkpoint (``manifest.json``: a rebuild is verifiably the same zoo on the same
@@ -50,7 +54,8 @@ from tqdm.auto import tqdm
 
 from ad.checkpoints import checkpoint_steps, load_model, save_model
 from ad.config import ArchConfig, ModelConfig
-from ad.evaluate import ad_rollout, eval_tasks, mean_and_ci, source_learning
+from ad.evaluate import (ad_rollout, by_episode_rows, episode_curve, eval_tasks, mean_and_ci,
+                         random_rollout, repeat_tasks, source_learning)
 from ad.integrity import file_digest
 from ad.model import ADTransformer, init_params
 from ad.train import open_training_dataset
@@ -76,16 +81,29 @@ class Family:
     source: str = "ucb"  # the source every model of the family is distilled from
     source_overrides: dict = dataclasses.field(default_factory=lambda: {"num_steps": 100})
     histories: int = 20_000  # learning histories collected (train split)
+    subsample_every: int = 1  # keep every k-th episode of a history (the paper's Dark Room trick)
     context: int = 100  # c = T: a window is a whole 100-pull history (as the paper setting)
+    window: int = 100  # steps per training window (bandits: = context, one history)
+    obs_encoder: str = ""  # "" = the env's default (ModelConfig.for_env)
     num_steps: int = 512  # optimiser steps (a power of two: the last checkpoint is one)
     batch_size: int = 64  # windows per step and seed (the paper setting: 1500 x 128; the
     #   zoo's budget, ~1 h for the bandits on 2 shared cores, buys 512 x 64)
     lr: float = 2e-3  # higher than the standard 1e-3: small models, short schedule
     warmup_steps: int = 32
-    pulls: int = 100  # pulls per evaluation stream
-    heldout_tasks: int = 1000  # test key stream: the figures the catalogue reports
+    metric: str = "regret"  # "regret": pseudo-regret over the episodes (= pulls; lower is
+    #   better); "return": return by episode ``report_episode`` (higher is better)
+    episodes: int = 100  # in-context episodes per evaluation rollout (bandits: pulls)
+    report_episode: int = 50  # "return": the score is ``by_episode(curve, k)`` at this k
+    heldout_tasks: int = 1000  # test split: the figures the catalogue reports
     curve_tasks: int = 200  # held-out tasks for the per-checkpoint curve (first of them)
     validation_tasks: int = 500  # third key stream: selects the default seed
+    rollouts_per_task: int = 1  # finite task sets (Dark Room's goals): held-out rollouts
+    curve_rollouts: int = 1  # finite task sets: rollouts per goal for the per-checkpoint
+    #   curve and for validation (every goal of the split)
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.metric == "regret"
 
     @property
     def data_dir(self) -> str:
@@ -109,6 +127,15 @@ class Arch:
 FAMILIES = {
     "bandit2": Family("bandit2", "bernoulli-bandit", {"num_arms": 2}),
     "bandit5": Family("bandit5", "bernoulli-bandit", {"num_arms": 5}),
+    # The README's Dark Room setting (PPO, 1,040 histories on the 65 training goals, every
+    # 8th episode; band of 3 episodes, windows of 6) at a quarter of its training budget
+    # (1,024 x 64 windows per seed vs 2,000 x 128) and its learning rate, no dropout.
+    # Score: return by episode 50 on the 16 held-out goals x 8 rollouts.
+    "darkroom": Family("darkroom", "darkroom", {}, source="ppo", source_overrides={},
+                       histories=1040, subsample_every=8, context=60, window=120,
+                       obs_encoder="xy", num_steps=1024, batch_size=64, lr=1e-3,
+                       warmup_steps=64, metric="return", episodes=55, report_episode=50,
+                       heldout_tasks=16, rollouts_per_task=8, curve_rollouts=2),
 }
 
 # Tiny to mid-size (142 to ~4,700 parameters), attention-only (mlp 0) and with MLPs; head
@@ -117,13 +144,18 @@ FAMILIES = {
 # the CPU budget of a shared 2-core machine (docs/zoo/README.md).
 _LADDER = (Arch(4, 1, 1, 0), Arch(8, 1, 2, 0), Arch(8, 1, 2, 16), Arch(16, 1, 2, 0),
            Arch(16, 2, 2, 0), Arch(16, 2, 2, 32))
-CATALOGUE = {"bandit2": _LADDER, "bandit5": _LADDER}
+# Dark Room: ~600 parameters to the standard model (d 64, 2 layers, 4 heads, MLP 256;
+# ~102k), 0.25-1.2 s per vmapped step of five seeds here.
+_DARKROOM_LADDER = (Arch(8, 1, 2, 0), Arch(16, 1, 2, 0), Arch(16, 2, 2, 32),
+                    Arch(32, 2, 2, 64), Arch(64, 2, 4, 256))
+CATALOGUE = {"bandit2": _LADDER, "bandit5": _LADDER, "darkroom": _DARKROOM_LADDER}
 
 
 def model_config(family: Family, arch: Arch, env) -> ModelConfig:
     return ModelConfig.for_env(env, ArchConfig(
         context=family.context, d_model=arch.d_model, num_layers=arch.num_layers,
-        num_heads=arch.num_heads, mlp_dim=arch.mlp_dim, dropout=0.0))
+        num_heads=arch.num_heads, mlp_dim=arch.mlp_dim, dropout=0.0,
+        obs_encoder=family.obs_encoder))
 
 
 def num_params(params: PyTree) -> int:
@@ -140,16 +172,29 @@ def collect_family(family: Family, out: Path) -> Path:
     return collect(CollectConfig(out=out / family.data_dir, env=family.env,
                                  env_overrides=family.env_overrides, source=family.source,
                                  source_overrides=family.source_overrides,
-                                 num_histories=family.histories, verbose=False))
+                                 num_histories=family.histories,
+                                 subsample_every=family.subsample_every, verbose=False))
 
 
-def validation_tasks(env, num: int, seed: int = 0) -> PyTree:
-    """Tasks from a third key stream: ``fold_in(key_i, 2)`` through the env's own mean
-    sampler (train draws ``fold_in(key, 0)``, test ``fold_in(key, 1)``: envs/bandits.py)."""
+def validation_tasks(family: Family, env, seed: int = 0) -> PyTree:
+    """Tasks that select the default seed, never the held-out ones. Bandits: a third key
+    stream, ``fold_in(key_i, 2)`` through the env's own mean sampler (train draws
+    ``fold_in(key, 0)``, test ``fold_in(key, 1)``: envs/bandits.py). Finite task sets (Dark
+    Room's goals have only a train and a test split): every training goal."""
+    if env.finite_tasks:
+        return repeat_tasks(env.tasks("train"), family.curve_rollouts)
     from envs.bandits import BanditParams
 
-    keys = jax.random.split(jax.random.key(seed), num)
+    keys = jax.random.split(jax.random.key(seed), family.validation_tasks)
     return BanditParams(means=jax.vmap(lambda k: env._draw_means(jax.random.fold_in(k, 2)))(keys))
+
+
+def heldout_set(family: Family, env, curve: bool = False) -> PyTree:
+    """The held-out tasks the catalogue reports (``curve``: the per-checkpoint subset)."""
+    tasks = eval_tasks(env, "test", family.heldout_tasks, jax.random.key(0))
+    if env.finite_tasks:
+        return repeat_tasks(tasks, family.curve_rollouts if curve else family.rollouts_per_task)
+    return jax.tree.map(lambda x: x[:family.curve_tasks], tasks) if curve else tasks
 
 
 # ----------------------------------------------------------------------------------------
@@ -190,9 +235,9 @@ def train_seeds(family: Family, arch: Arch, dataset, out_dir: Path, seeds=range(
     total = family.num_steps
     stop = total if num_steps is None else num_steps  # a partial run (tests) stops early
     optimizer = make_optimizer(family.lr, min(family.warmup_steps, total - 1), total, 1e-4, 1.0)
-    state = init_states(cfg, optimizer, list(seeds), family.context)
+    state = init_states(cfg, optimizer, list(seeds), family.window)
     step_fn = make_vmapped_step(cfg, optimizer)
-    batches = SeedBatches([WindowSampler(dataset, cfg, family.context, family.batch_size, s)
+    batches = SeedBatches([WindowSampler(dataset, cfg, family.window, family.batch_size, s)
                            for s in seeds])
     save_at = set(checkpoint_steps(total))
     t0 = time.time()
@@ -223,14 +268,14 @@ def train_seeds(family: Family, arch: Arch, dataset, out_dir: Path, seeds=range(
 # ----------------------------------------------------------------------------------------
 # Evaluation
 # ----------------------------------------------------------------------------------------
-class Regret(NamedTuple):
-    """Pseudo-regret over the evaluation's pulls, per task."""
+class Score(NamedTuple):
+    """A family's score over rollouts (``Family.metric``): mean and 95% half-width."""
 
     mean: float
-    ci: float  # 95% half-width over tasks
+    ci: float  # 95% half-width over rollouts
 
     @classmethod
-    def of(cls, per_task: np.ndarray) -> "Regret":
+    def of(cls, per_task: np.ndarray) -> "Score":
         m, ci = mean_and_ci(np.asarray(per_task, np.float64)[:, None])
         return cls(float(m[0]), float(ci[0]))
 
@@ -250,20 +295,51 @@ def model_regret(params_stack: PyTree, config: ModelConfig, env, tasks, key,
     return np.asarray(jax.jit(jax.vmap(one))(params_stack))
 
 
+def model_scores(params_stack: PyTree, config: ModelConfig, family: Family, env, tasks,
+                 key) -> np.ndarray:
+    """(M, N) score (``family.metric``) of M stacked models on N tasks, one vmapped rollout
+    of ``family.episodes`` episodes each."""
+    steps = family.episodes * env.max_episode_steps
+    if family.metric == "regret":
+        return model_regret(params_stack, config, env, tasks, key, steps)
+    roll = jax.jit(jax.vmap(lambda p: ad_rollout(p, config, env, tasks, key, steps)))(
+        params_stack)
+    m, n = roll.reward.shape[:2]
+    flat = jax.tree.map(lambda x: x.reshape(m * n, *x.shape[2:]), roll)
+    return episode_score(family, episode_curve(flat, family.episodes)).reshape(m, n)
+
+
+def episode_score(family: Family, curve: np.ndarray) -> np.ndarray:
+    """Per-row "return by episode k" of (N, E) episode returns."""
+    return by_episode_rows(curve, family.report_episode)
+
+
 def baselines(family: Family, env, tasks, key) -> dict:
-    """Source, random and optimum pseudo-regret on ``tasks`` (per-task arrays)."""
+    """Source, random and optimum scores on ``tasks`` (per-task arrays)."""
     import source_agents
 
     source = source_agents.get(family.source)
-    history, _ = source_learning(source, source.Config(**family.source_overrides), env,
-                                 tasks, key)
-    src = np.asarray(pseudo_regret(tasks.means, history.action[:, :family.pulls]))
-    rand = np.asarray((tasks.means.max(-1) - tasks.means.mean(-1)) * family.pulls)
-    return {"source": src, "random": rand, "optimum": np.zeros_like(rand)}
+    config = source_agents.make_config(source, family.env, **family.source_overrides)
+    history, curve = source_learning(source, config, env, tasks, key, family.episodes)
+    if family.metric == "regret":
+        src = np.asarray(pseudo_regret(tasks.means, history.action[:, :family.episodes]))
+        rand = np.asarray((tasks.means.max(-1) - tasks.means.mean(-1)) * family.episodes)
+        return {"source": src, "random": rand, "optimum": np.zeros_like(rand)}
+    steps = family.episodes * env.max_episode_steps
+    rand = episode_curve(random_rollout(env, tasks, jax.random.fold_in(key, 1), steps),
+                         family.episodes)
+    return {"source": episode_score(family, curve), "random": episode_score(family, rand),
+            "optimum": np.asarray(jax.vmap(env.optimal_return)(tasks))}
+
+
+def best_seed(family: Family, seeds, validation_means) -> int:
+    """The default seed: the best validation score (never a held-out one)."""
+    pick = np.argmin if family.lower_is_better else np.argmax
+    return int(list(seeds)[int(pick(validation_means))])
 
 
 def evaluate_entry(family: Family, arch: Arch, out_dir: Path, seeds=range(NUM_SEEDS)) -> dict:
-    """Held-out regret of every seed at every checkpoint, validation regret at the end."""
+    """Held-out score of every seed at every checkpoint, validation score at the end."""
     steps = checkpoint_steps(family.num_steps)
     models = [[load_model(out_dir / f"seed{s}" / f"step_{n:05d}") for n in steps]
               for s in seeds]
@@ -271,26 +347,23 @@ def evaluate_entry(family: Family, arch: Arch, out_dir: Path, seeds=range(NUM_SE
     stack = jax.tree.map(lambda *xs: jnp.stack(xs), *[m.params for row in models for m in row])
     final = jax.tree.map(lambda *xs: jnp.stack(xs), *[row[-1].params for row in models])
     key = jax.random.key(1)
-    heldout = eval_tasks(env, "test", family.heldout_tasks, jax.random.key(0))
-    curve_tasks = jax.tree.map(lambda x: x[:family.curve_tasks], heldout)
-    curve = model_regret(stack, cfg, env, curve_tasks, key, family.pulls)
+    curve = model_scores(stack, cfg, family, env, heldout_set(family, env, curve=True), key)
     curve = curve.mean(-1).reshape(len(models), len(steps))
-    test = model_regret(final, cfg, env, heldout, key, family.pulls)
-    val = model_regret(final, cfg, env, validation_tasks(env, family.validation_tasks),
-                       key, family.pulls)
-    val_means = val.mean(-1)
-    best = int(list(seeds)[int(np.argmin(val_means))])
-    return {"steps": steps, "curve_regret": curve.tolist(),
-            "heldout": [Regret.of(r)._asdict() for r in test],
-            "validation": [Regret.of(r)._asdict() for r in val],
-            "best_seed": best, "num_params": num_params(models[0][-1].params)}
+    test = model_scores(final, cfg, family, env, heldout_set(family, env), key)
+    val = model_scores(final, cfg, family, env, validation_tasks(family, env), key)
+    return {"steps": steps, "curve": curve.tolist(),
+            "heldout": [Score.of(r)._asdict() for r in test],
+            "validation": [Score.of(r)._asdict() for r in val],
+            "best_seed": best_seed(family, seeds, val.mean(-1)),
+            "num_params": num_params(models[0][-1].params)}
 
 
 # ----------------------------------------------------------------------------------------
 # Fingerprints, manifest, catalogue
 # ----------------------------------------------------------------------------------------
 def fingerprint_inputs(config: ModelConfig, key: int = 0):
-    """A fixed random stream (actions and Bernoulli rewards) of 2 x FINGERPRINT_STEPS steps."""
+    """A fixed random stream (actions, Bernoulli rewards and, for envs with observations,
+    uniform cells) of 2 x FINGERPRINT_STEPS steps."""
     from ad.inputs import dummy_inputs
 
     rng = np.random.default_rng(key)
@@ -299,8 +372,13 @@ def fingerprint_inputs(config: ModelConfig, key: int = 0):
     prev_action[:, 0] = config.num_actions  # stream start: the "none" action
     prev_reward = rng.integers(0, 2, (2, FINGERPRINT_STEPS)).astype(np.float32)
     prev_reward[:, 0] = 0.0
-    return base._replace(prev_action=jnp.asarray(prev_action),
+    base = base._replace(prev_action=jnp.asarray(prev_action),
                          prev_reward=jnp.asarray(prev_reward))
+    if config.obs_num_values > 1 and config.obs_encoder in ("cell", "xy", "discrete"):
+        # drawn after the bandits' arrays, so their stored fingerprints stay valid
+        obs = rng.integers(0, config.obs_num_values, base.obs.shape).astype(np.int32)
+        base = base._replace(obs=jnp.asarray(obs))
+    return base
 
 
 @functools.lru_cache(maxsize=None)
@@ -345,36 +423,54 @@ def _cpu_kind() -> str:
     return platform.processor()
 
 
+def score_text(family: Family) -> dict:
+    """Words for the family's score and task sets (cards, tables)."""
+    if family.metric == "regret":
+        return {"score": f"pseudo-regret over {family.episodes} pulls (lower is better)",
+                "short": "regret", "optimum": "0",
+                "heldout": f"{family.heldout_tasks} test-stream tasks",
+                "validation": f"{family.validation_tasks} validation tasks (a third key stream)"}
+    return {"score": f"return by episode {family.report_episode} (mean of episodes "
+                     f"{family.report_episode - 4}-{family.report_episode + 5}; higher is better)",
+            "short": f"return by ep {family.report_episode}", "optimum": None,
+            "heldout": f"the held-out goals x {family.rollouts_per_task} rollouts",
+            "validation": f"the training goals x {family.curve_rollouts} rollouts (no third "
+                          f"set exists)"}
+
+
 def card_text(family: Family, arch: Arch, result: dict, base: dict, commit: str) -> str:
     """The model card of one entry (markdown)."""
+    words = score_text(family)
     seeds = range(len(result["heldout"]))
     best = result["best_seed"]
     rows = "\n".join(
         f"| {s} | {result['heldout'][s]['mean']:.2f} ± {result['heldout'][s]['ci']:.2f} | "
         f"{result['validation'][s]['mean']:.2f} ± {result['validation'][s]['ci']:.2f} |"
         + (" default |" if s == best else " |") for s in seeds)
+    every = (f", every {family.subsample_every}th episode kept" if family.subsample_every > 1
+             else "")
+    optimum = words["optimum"] or f"{base['optimum']['mean']:.2f}"
     return f"""# {entry_name(family.name, arch)}
 
 - Architecture: d_model {arch.d_model}, {arch.num_layers} layer(s), {arch.num_heads} head(s),
-  MLP {arch.mlp_dim or 'none (attention-only)'}; context {family.context}, RoPE;
+  MLP {arch.mlp_dim or 'none (attention-only)'}; context {family.context} steps, RoPE;
   {result['num_params']} parameters.
 - Source: {family.source} ({family.source_overrides}) on `{family.env}` {family.env_overrides}.
-- Data: {family.histories} learning histories of 100 pulls (`experiments.collect`, seed 0,
-  train key stream); dataset content id `{result['dataset_id'][:16]}`.
-- Training: {family.num_steps} steps, batch {family.batch_size} windows of {family.context}
-  pulls per seed, AdamW lr {family.lr} (warm-up {family.warmup_steps}, cosine), no dropout;
-  five seeds in one vmapped call ({result['wall_s']:.0f} s wall on 2 shared CPU cores).
+- Data: {family.histories} learning histories (`experiments.collect`, seed 0, training
+  tasks{every}); dataset content id `{result['dataset_id'][:16]}`.
+- Training: {family.num_steps} steps, batch {family.batch_size} windows of {family.window}
+  steps per seed, AdamW lr {family.lr} (warm-up {family.warmup_steps}, cosine), no dropout;
+  five seeds in one vmapped call ({result['wall_s']:.0f} s wall on 2 CPU cores).
 - Checkpoints: steps {', '.join(map(str, result['steps']))} (final ships; the rest rebuild:
   `python -m ad.zoo.build --family {family.name} --only {arch.name}`).
-- Default seed: {best}, the lowest regret on {family.validation_tasks} validation tasks
-  (a third key stream), never the held-out tasks.
-- Held-out: pseudo-regret over {family.pulls} pulls on {family.heldout_tasks} test-stream
-  tasks (sampling at temperature 1), mean ± 95% CI. Source {family.source}:
-  {base['source']['mean']:.2f} ± {base['source']['ci']:.2f}; random
-  {base['random']['mean']:.2f}; optimum 0.
+- Default seed: {best}, the best score on {words['validation']}, never the held-out tasks.
+- Score: {words['score']}, sampling at temperature 1, mean ± 95% CI over rollouts.
+  Held-out: {words['heldout']}. Source {family.source} learning from scratch on the same
+  tasks: {base['source']['mean']:.2f} ± {base['source']['ci']:.2f}; random
+  {base['random']['mean']:.2f}; optimum {optimum}.
 - Commit: {commit}.
 
-| seed | held-out regret | validation regret | |
+| seed | held-out {words['short']} | validation {words['short']} | |
 | --- | --- | --- | --- |
 {rows}
 """
@@ -408,10 +504,10 @@ def build(families=None, only=None, out: Path = DEFAULT_OUT, ship: bool = True,
         datasets[fname] = dataset = open_training_dataset(collect_family(family, out))
         base_path = out / "runs" / fname / "baselines.json"
         if not base_path.exists():
-            heldout = eval_tasks(dataset.env, "test", family.heldout_tasks, jax.random.key(0))
-            b = baselines(family, dataset.env, heldout, jax.random.key(2))
+            b = baselines(family, dataset.env, heldout_set(family, dataset.env),
+                          jax.random.key(2))
             base_path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(base_path, json.dumps({k: Regret.of(v)._asdict()
+            atomic_write_text(base_path, json.dumps({k: Score.of(v)._asdict()
                                                      for k, v in b.items()}))
         bases[fname] = json.loads(base_path.read_text())
     # small to large across families: an interrupted build has the small ones of each
@@ -445,15 +541,16 @@ def build(families=None, only=None, out: Path = DEFAULT_OUT, ship: bool = True,
             "family": fname, **dataclasses.asdict(arch), "context": family.context,
             "num_params": result["num_params"], "best_seed": result["best_seed"],
             "seeds": list(range(NUM_SEEDS)), "steps": result["steps"],
-            "heldout_regret": result["heldout"], "validation_regret": result["validation"],
-            "curve_regret": result["curve_regret"], "curve_tasks": family.curve_tasks,
+            "metric": family.metric, "heldout": result["heldout"],
+            "validation": result["validation"], "curve": result["curve"],
             "train_wall_s": result["wall_s"], "dataset_id": result["dataset_id"],
             "commit": commit}
         catalogue.setdefault("families", {})[fname] = {
             **dataclasses.asdict(family), "baselines": base}
         if progress:
             h = result["heldout"][result["best_seed"]]
-            print(f"{name}: {result['num_params']} params, held-out regret (seed "
+            print(f"{name}: {result['num_params']} params, held-out "
+                  f"{score_text(family)['short']} (seed "
                   f"{result['best_seed']}) {h['mean']:.2f} ± {h['ci']:.2f}; source "
                   f"{base['source']['mean']:.2f}", flush=True)
         if ship:  # after every entry: an interrupted build ships what it finished

@@ -260,9 +260,9 @@ def ship(weights=None, heldout_tasks: int = 1000) -> dict:
         entries[name] = {
             "family": hb.family, **dataclasses.asdict(arch), "context": cfg.context,
             "num_params": zb.num_params(params), "best_seed": 0, "seeds": [0], "steps": [0],
-            "heldout_regret": [zb.Regret.of(reg)._asdict()],
+            "metric": "regret", "heldout": [zb.Score.of(reg)._asdict()],
             "algorithm": hb.algorithm, "bonus": DEFAULT_BONUS if hb.algorithm == "bonus" else 0.0,
-            "algorithm_regret": zb.Regret.of(ref_reg)._asdict(), "handbuilt": True}
+            "algorithm_regret": zb.Score.of(ref_reg)._asdict(), "handbuilt": True}
         atomic_write_text(weights / name / "card.md", _card(hb, name, entries[name]))
     atomic_write_text(weights / "handbuilt.json", json.dumps({"entries": entries}, indent=1))
     zb._save_npz(weights / "handbuilt_fingerprints.npz", prints)
@@ -272,7 +272,7 @@ def ship(weights=None, heldout_tasks: int = 1000) -> dict:
 def _card(hb: HandBuilt, name: str, e: dict) -> str:
     alg = ("greedy on empirical means, unpulled arms first" if hb.algorithm == "greedy" else
            f"greedy on m_a + {DEFAULT_BONUS:.4f} / (n_a + 1), unpulled arms first")
-    h, r = e["heldout_regret"][0], e["algorithm_regret"]
+    h, r = e["heldout"][0], e["algorithm_regret"]
     return f"""# {name} (hand-built)
 
 - Algorithm: {alg}; weights written by `ad/zoo/handbuilt.py` (mechanism in its docstring).
@@ -289,5 +289,5 @@ def _card(hb: HandBuilt, name: str, e: dict) -> str:
 if __name__ == "__main__":
     for name, e in ship().items():
         print(f"{name}: {e['num_params']} params, held-out regret "
-              f"{e['heldout_regret'][0]['mean']:.2f} ± {e['heldout_regret'][0]['ci']:.2f}, "
+              f"{e['heldout'][0]['mean']:.2f} ± {e['heldout'][0]['ci']:.2f}, "
               f"algorithm {e['algorithm_regret']['mean']:.2f} ± {e['algorithm_regret']['ci']:.2f}")
