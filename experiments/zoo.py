@@ -43,87 +43,112 @@ def load_catalogue() -> tuple[dict, dict, dict]:
 
 
 def frontier(entries: dict, families: dict) -> dict:
-    """Per family: every configuration (small to large) with its seeds' regret, the ratio
-    to the source and whether it passes; and the smallest that passes (or None)."""
+    """Per family: every configuration (small to large) with its seeds' held-out scores,
+    the ratio (regret: to the source's; return: to the optimum) and whether it passes; and
+    the smallest that passes (or None)."""
     out = {}
     for fam, info in sorted(families.items()):
-        src = info["baselines"]["source"]["mean"]
+        base = {k: v["mean"] for k, v in info["baselines"].items()}
+        metric = info.get("metric", "regret")
+        if metric == "regret":
+            bar, ref = BAR * base["source"], base["source"]
+            passes = lambda m: m <= bar  # noqa: E731
+        else:
+            bar, ref = RETURN_BAR * base["optimum"], base["optimum"]
+            passes = lambda m: m >= bar  # noqa: E731
         rows = []
         for name, e in sorted(((n, e) for n, e in entries.items() if e["family"] == fam),
                               key=lambda ne: ne[1]["num_params"]):
-            regrets = np.array([h["mean"] for h in e["heldout_regret"]])
-            se = regrets.std(ddof=1) / np.sqrt(len(regrets))
+            scores = np.array([h["mean"] for h in e["heldout"]])
+            se = scores.std(ddof=1) / np.sqrt(len(scores))
             rows.append({"name": name, "num_params": e["num_params"],
-                         "mlp_dim": e["mlp_dim"], "seed_regret": regrets.round(3).tolist(),
-                         "mean_regret": float(regrets.mean()), "ci_over_seeds": float(1.96 * se),
+                         "mlp_dim": e["mlp_dim"], "seed_score": scores.round(3).tolist(),
+                         "mean_score": float(scores.mean()), "ci_over_seeds": float(1.96 * se),
+                         "seeds_passing": int(sum(passes(x) for x in scores)),
                          "default_seed": e["best_seed"],
-                         "default_regret": e["heldout_regret"][e["best_seed"]]["mean"],
-                         "ratio": float(regrets.mean() / src),
-                         "passes": bool(regrets.mean() <= BAR * src)})
+                         "default_score": e["heldout"][e["best_seed"]]["mean"],
+                         "ratio": float(scores.mean() / ref),
+                         "passes": bool(passes(scores.mean()))})
         passing = [r for r in rows if r["passes"]]
-        out[fam] = {"source_regret": src, "random_regret": info["baselines"]["random"]["mean"],
-                    "bar": BAR * src, "rows": rows,
+        out[fam] = {"metric": metric, "source": base["source"], "random": base["random"],
+                    "optimum": base["optimum"], "bar": bar, "rows": rows,
                     "smallest": min(passing, key=lambda r: r["num_params"]) if passing else None}
     return out
+
+
+def _words(f: dict) -> dict:
+    if f["metric"] == "regret":
+        return {"score": "regret", "axis": "held-out regret, 100 pulls",
+                "ratio": "ratio to source",
+                "bar": f"mean ≤ {BAR}× the source's"}
+    return {"score": "return by ep 50", "axis": "held-out return by episode 50",
+            "ratio": "fraction of optimum", "bar": f"mean ≥ {RETURN_BAR}× the optimum"}
 
 
 def catalogue_markdown(front: dict, hand: dict) -> str:
     lines = ["# Zoo catalogue", "",
              "Written by `python -m experiments.zoo` from `ad/zoo/weights/catalogue.json`. "
-             "Held-out pseudo-regret over 100 pulls on 1000 test-stream tasks (lower is "
-             "better), five seeds per configuration: mean over seeds ± 95% interval over "
-             f"seeds; *passes*: mean ≤ {BAR}× the source's.", ""]
+             "Five seeds per configuration: mean over seeds ± 95% interval over seeds. "
+             "Bandits: held-out pseudo-regret over 100 pulls on 1000 test-stream tasks (lower "
+             "is better). Dark Room: held-out return by episode 50 (episodes 46–55) on the 16 "
+             "held-out goals × 8 rollouts (higher is better).", ""]
     for fam, f in front.items():
+        w = _words(f)
         lines += [f"## {fam}", "",
-                  f"Source (UCB1) {f['source_regret']:.2f}, random {f['random_regret']:.2f}, "
-                  f"optimum 0; bar {f['bar']:.2f}.", "",
-                  "| configuration | params | regret (5 seeds) | default seed | ratio to source | passes |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+                  f"Source {f['source']:.2f}, random {f['random']:.2f}, optimum "
+                  f"{f['optimum']:.2f}; *passes*: {w['bar']} ({f['bar']:.2f}).", "",
+                  f"| configuration | params | {w['score']} (5 seeds) | seeds passing | "
+                  f"default seed | {w['ratio']} | passes |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for r in f["rows"]:
-            lines.append(f"| {r['name']} | {r['num_params']} | {r['mean_regret']:.2f} ± "
-                         f"{r['ci_over_seeds']:.2f} | {r['default_seed']}: "
-                         f"{r['default_regret']:.2f} | {r['ratio']:.2f} | "
+            lines.append(f"| {r['name']} | {r['num_params']} | {r['mean_score']:.2f} ± "
+                         f"{r['ci_over_seeds']:.2f} | {r['seeds_passing']} of "
+                         f"{len(r['seed_score'])} | {r['default_seed']}: "
+                         f"{r['default_score']:.2f} | {r['ratio']:.2f} | "
                          f"{'yes' if r['passes'] else 'no'} |")
         s = f["smallest"]
-        lines += ["", f"Smallest passing: {s['name']} ({s['num_params']} parameters, regret "
-                      f"{s['mean_regret']:.2f})." if s else
+        lines += ["", f"Smallest passing: {s['name']} ({s['num_params']} parameters, "
+                      f"{w['score']} {s['mean_score']:.2f})." if s else
                   "Smallest passing: none of the catalogued configurations.", ""]
     lines += ["## Hand-built references", "",
               "| model | params | closed-loop regret | NumPy algorithm, same tasks |",
               "| --- | --- | --- | --- |"]
     for name, e in sorted(hand.items()):
-        h, a = e["heldout_regret"][0], e["algorithm_regret"]
+        h, a = e["heldout"][0], e["algorithm_regret"]
         lines.append(f"| {name} | {e['num_params']} | {h['mean']:.2f} ± {h['ci']:.2f} | "
                      f"{a['mean']:.2f} ± {a['ci']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
 def plot_catalogue(front: dict, hand: dict, path: Path) -> None:
-    """Held-out regret vs parameter count, every seed, per family."""
+    """Held-out score vs parameter count, every seed, per family."""
     fams = list(front)
-    fig, axes = plt.subplots(1, len(fams), figsize=(5.5 * len(fams), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(fams), figsize=(5 * len(fams), 4), squeeze=False)
     for ax, fam in zip(axes[0], fams):
-        f = front[fam]
+        f, w = front[fam], _words(front[fam])
         for r in f["rows"]:
             style = dict(color="tab:blue" if r["mlp_dim"] else "tab:green")
-            ax.scatter([r["num_params"]] * len(r["seed_regret"]), r["seed_regret"], s=12,
+            ax.scatter([r["num_params"]] * len(r["seed_score"]), r["seed_score"], s=12,
                        alpha=0.6, **style)
-            ax.scatter([r["num_params"]], [r["mean_regret"]], marker="_", s=200, **style)
-        ax.axhline(f["source_regret"], color="tab:orange", label="source (UCB1)")
-        ax.axhline(f["bar"], color="tab:orange", ls=":", label=f"{BAR}x source")
-        ax.axhline(f["random_regret"], color="gray", ls="--", label="random")
+            ax.scatter([r["num_params"]], [r["mean_score"]], marker="_", s=200, **style)
+        ax.axhline(f["source"], color="tab:orange", label="source")
+        ax.axhline(f["bar"], color="tab:orange", ls=":", label=w["bar"])
+        ax.axhline(f["random"], color="gray", ls="--", label="random")
+        if f["metric"] == "return":
+            ax.axhline(f["optimum"], color="black", ls="--", lw=0.8, label="optimum")
         for name, e in hand.items():
             if name.startswith(fam + "-"):
-                ax.scatter([e["num_params"]], [e["heldout_regret"][0]["mean"]], marker="*",
+                ax.scatter([e["num_params"]], [e["heldout"][0]["mean"]], marker="*",
                            s=120, color="black")
-                ax.annotate(e["algorithm"], (e["num_params"], e["heldout_regret"][0]["mean"]),
+                ax.annotate(e["algorithm"], (e["num_params"], e["heldout"][0]["mean"]),
                             fontsize=7, xytext=(4, 4), textcoords="offset points")
         ax.scatter([], [], color="tab:green", s=12, label="attention-only (seeds)")
         ax.scatter([], [], color="tab:blue", s=12, label="with MLP (seeds)")
-        ax.scatter([], [], color="black", marker="*", label="hand-built")
+        if any(name.startswith(fam + "-") for name in hand):
+            ax.scatter([], [], color="black", marker="*", label="hand-built")
         ax.set_xscale("log")
         ax.set_xlabel("parameters")
-        ax.set_ylabel("held-out regret, 100 pulls")
+        ax.set_ylabel(w["axis"])
         ax.set_title(fam)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -131,10 +156,11 @@ def plot_catalogue(front: dict, hand: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_training(entries: dict, families: dict, path: Path) -> None:
-    """Held-out regret (first 200 held-out tasks) vs training step, every seed."""
-    fams = sorted(families)
-    fig, axes = plt.subplots(1, len(fams), figsize=(5.5 * len(fams), 4), squeeze=False)
+def plot_training(entries: dict, front: dict, path: Path) -> None:
+    """Held-out score (the per-checkpoint subset of held-out tasks) vs training step,
+    every seed."""
+    fams = sorted(front)
+    fig, axes = plt.subplots(1, len(fams), figsize=(5 * len(fams), 4), squeeze=False)
     cmap = plt.get_cmap("viridis")
     for ax, fam in zip(axes[0], fams):
         rows = sorted(((n, e) for n, e in entries.items() if e["family"] == fam),
@@ -142,14 +168,13 @@ def plot_training(entries: dict, families: dict, path: Path) -> None:
         for i, (name, e) in enumerate(rows):
             color = cmap(i / max(1, len(rows) - 1))
             steps = np.maximum(np.asarray(e["steps"]), 0.5)  # step 0 drawn at 0.5 (log axis)
-            for s, curve in enumerate(e["curve_regret"]):
+            for s, curve in enumerate(e["curve"]):
                 ax.plot(steps, curve, color=color, alpha=0.5, lw=1,
                         label=f"{name.split('/')[1]} ({e['num_params']})" if s == 0 else None)
-        ax.axhline(families[fam]["baselines"]["source"]["mean"], color="tab:orange",
-                   label="source (UCB1)")
+        ax.axhline(front[fam]["source"], color="tab:orange", label="source")
         ax.set_xscale("log")
         ax.set_xlabel("training step (0 drawn at 0.5)")
-        ax.set_ylabel("held-out regret, 100 pulls")
+        ax.set_ylabel(_words(front[fam])["axis"])
         ax.set_title(fam)
         ax.legend(fontsize=6)
     fig.tight_layout()
@@ -173,9 +198,11 @@ def build_times(build_dir: Path) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m experiments.zoo",
-        description="Catalogue table, frontier (smallest configuration with held-out regret "
-                    f"<= {BAR}x the source's, mean of five seeds) and figures of the model "
-                    "zoo, from the shipped catalogue (nothing is retrained).")
+        description="Catalogue table, frontier (smallest configuration whose mean held-out "
+                    f"score over five seeds meets its family's bar: bandits regret <= {BAR}x "
+                    f"the source's, Dark Room return by episode 50 >= {RETURN_BAR}x the "
+                    "optimum) and figures of the model zoo, from the shipped catalogue "
+                    "(nothing is retrained).")
     parser.add_argument("--out", type=Path, default=Path("docs/zoo"),
                         help="folder for catalogue.md, catalogue.png, training.png, "
                              "frontier.json (default docs/zoo)")
@@ -189,12 +216,13 @@ def main(argv=None) -> int:
     atomic_write_text(args.out / "catalogue.md", catalogue_markdown(front, hand))
     atomic_write_text(args.out / "frontier.json", json.dumps(front, indent=1))
     plot_catalogue(front, hand, args.out / "catalogue.png")
-    plot_training(entries, families, args.out / "training.png")
+    plot_training(entries, front, args.out / "training.png")
     for fam, f in front.items():
-        s = f["smallest"]
-        print(f"{fam}: {len(f['rows'])} configurations; source regret {f['source_regret']:.2f}; "
-              + (f"smallest passing {s['name']} ({s['num_params']} params, regret "
-                 f"{s['mean_regret']:.2f})" if s else "none passes the bar"))
+        s, w = f["smallest"], _words(f)
+        print(f"{fam}: {len(f['rows'])} configurations; source {w['score']} "
+              f"{f['source']:.2f}, bar {f['bar']:.2f}; "
+              + (f"smallest passing {s['name']} ({s['num_params']} params, {w['score']} "
+                 f"{s['mean_score']:.2f})" if s else "none passes the bar"))
     print(f"wrote {args.out}/catalogue.md, catalogue.png, training.png, frontier.json")
     if args.build_dir is not None:
         times = {k: v for k, v in build_times(args.build_dir).items() if k in entries}

@@ -137,18 +137,22 @@ FAMILIES = {
                        warmup_steps=64, metric="return", episodes=55, report_episode=50,
                        heldout_tasks=16, rollouts_per_task=8, curve_rollouts=2),
 }
+# The same from R-max, the fast tabular learner (the README's darkroom-rmax data: 1,040
+# histories of 100 episodes, every 2nd kept), same models, training and score: does a source
+# that exploits at once make in-context learning cheaper to distil?
+FAMILIES["darkroom-rmax"] = dataclasses.replace(
+    FAMILIES["darkroom"], name="darkroom-rmax", source="rmax",
+    source_overrides={"num_steps": 2000}, subsample_every=2)
 
-# Tiny to mid-size (142 to ~4,700 parameters), attention-only (mlp 0) and with MLPs; head
-# dims stay even (RoPE). Larger ones (d 32, and the standard d 64 / 2 layers / 4 heads /
-# MLP 256: ~2.6 s per vmapped step of 5 seeds here, ~22 min per family) were left out for
-# the CPU budget of a shared 2-core machine (docs/zoo/README.md).
+# Bandits: tiny (142 parameters) to the standard model (d 64, 2 layers, 4 heads, MLP 256),
+# attention-only (mlp 0) and with MLPs; head dims stay even (RoPE).
+_LARGE = (Arch(32, 2, 2, 64), Arch(64, 2, 4, 256))
 _LADDER = (Arch(4, 1, 1, 0), Arch(8, 1, 2, 0), Arch(8, 1, 2, 16), Arch(16, 1, 2, 0),
-           Arch(16, 2, 2, 0), Arch(16, 2, 2, 32))
-# Dark Room: ~600 parameters to the standard model (d 64, 2 layers, 4 heads, MLP 256;
-# ~102k), 0.25-1.2 s per vmapped step of five seeds here.
-_DARKROOM_LADDER = (Arch(8, 1, 2, 0), Arch(16, 1, 2, 0), Arch(16, 2, 2, 32),
-                    Arch(32, 2, 2, 64), Arch(64, 2, 4, 256))
-CATALOGUE = {"bandit2": _LADDER, "bandit5": _LADDER, "darkroom": _DARKROOM_LADDER}
+           Arch(16, 2, 2, 0), Arch(16, 2, 2, 32)) + _LARGE
+# Dark Room: ~600 parameters to the standard model (~102k).
+_DARKROOM_LADDER = (Arch(8, 1, 2, 0), Arch(16, 1, 2, 0), Arch(16, 2, 2, 32)) + _LARGE
+CATALOGUE = {"bandit2": _LADDER, "bandit5": _LADDER, "darkroom": _DARKROOM_LADDER,
+             "darkroom-rmax": _DARKROOM_LADDER}
 
 
 def model_config(family: Family, arch: Arch, env) -> ModelConfig:

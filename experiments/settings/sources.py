@@ -31,6 +31,10 @@ register(dataclasses.replace(
     SETTINGS["darkroom"], name="darkroom-rmax", source="rmax", histories=1040,
     source_overrides=dict(num_steps=2000), subsample_every=2))
 
+# Dark Room from PSRL histories: darkroom-rmax with the other tabular learner (same data size
+# and subsampling, the paper setting's model and training).
+register(dataclasses.replace(SETTINGS["darkroom-rmax"], name="darkroom-psrl", source="psrl"))
+
 # Dark Room Hard from R-max histories (200 episodes, every 2nd kept); the paper setting's model
 # and training. An unknown state-action is worth one reward (r_max): Hard pays once on arrival,
 # so any known path to the goal is optimal and only how fast the goal is found matters; with

@@ -100,7 +100,7 @@ def zoo_setting(subject: str) -> Setting:
                    source_overrides=dict(f.source_overrides),
                    distill={**arch, "context": f.context, "num_steps": f.num_steps,
                             "batch_size": f.batch_size, "lr": f.lr},
-                   eval_episodes=f.pulls, env_overrides=dict(f.env_overrides))
+                   eval_episodes=f.episodes, env_overrides=dict(f.env_overrides))
 
 
 def zoo_run_dirs(subject: str, seeds) -> list[Path]:

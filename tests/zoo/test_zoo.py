@@ -57,8 +57,7 @@ def test_shipped_weights_are_the_manifests_final_checkpoints():
 
 
 def test_load_checks_arguments_against_the_catalogue():
-    trained = [f for f in ad.zoo.families() if "-" not in f]
-    fam = trained[0]
+    fam = next(e.family for e in ad.zoo.list() if not e.handbuilt)
     entries = ad.zoo.list(fam)
     with pytest.raises(ValueError, match="families"):
         ad.zoo.load("no-such-family")
@@ -82,9 +81,53 @@ def test_load_checks_arguments_against_the_catalogue():
         np.testing.assert_array_equal(a, b)
     assert default.config.d_model == e.d_model and default.config.mlp_dim == e.mlp_dim
     raw = json.loads((WEIGHTS / "catalogue.json").read_text())["entries"][e.name]
-    val = [v["mean"] for v in raw["validation_regret"]]
-    assert e.best_seed == int(np.argmin(val))
+    val = [v["mean"] for v in raw["validation"]]
+    assert e.best_seed == int(np.argmin(val) if raw["metric"] == "regret" else np.argmax(val))
     assert "Default seed" in ad.zoo.card(fam, **arch)
+
+
+def test_every_trained_family_catalogues_its_metric_and_a_default_seed_from_validation():
+    """Regret families pick the lowest validation score, return families the highest."""
+    raw = json.loads((WEIGHTS / "catalogue.json").read_text())
+    for name, e in raw["entries"].items():
+        fam = raw["families"][e["family"]]
+        assert e["metric"] == fam["metric"] == zb.FAMILIES[e["family"]].metric, name
+        val = [v["mean"] for v in e["validation"]]
+        pick = np.argmin if e["metric"] == "regret" else np.argmax
+        assert e["best_seed"] == int(pick(val)), name
+        assert len(e["curve"]) == len(e["seeds"]) and \
+            all(len(c) == len(e["steps"]) for c in e["curve"]), name
+
+
+def test_darkroom_scores_are_returns_by_episode_50_per_rollout_and_validation_is_training_goals():
+    """The vmapped score of stacked models equals each model's rollout scored on its own
+    (episode_curve + by_episode), and validation never uses a held-out goal."""
+    import dataclasses
+
+    import envs
+    from ad.evaluate import ad_rollout, by_episode, episode_curve
+    from ad.model import init_params
+
+    fam = dataclasses.replace(zb.FAMILIES["darkroom"], episodes=12, report_episode=6)
+    env = envs.make(fam.env, **fam.env_overrides)
+    cfg = zb.model_config(fam, zb.Arch(8, 1, 2, 0), env)
+    init = jax.jit(init_params, static_argnums=(0, 2))
+    models = [init(cfg, jax.random.PRNGKey(s), 8) for s in (0, 1)]
+    stack = jax.tree.map(lambda *xs: jnp.stack(xs), *models)
+    tasks = zb.heldout_set(fam, env, curve=True)
+    assert tasks.goal.shape[0] == 16 * fam.curve_rollouts
+    key = jax.random.key(3)
+    got = zb.model_scores(stack, cfg, fam, env, tasks, key)
+    for i, params in enumerate(models):
+        roll = ad_rollout(params, cfg, env, tasks, key, 12 * env.max_episode_steps)
+        curve = episode_curve(roll, 12)
+        want = [by_episode(curve[j:j + 1], 6) for j in range(curve.shape[0])]
+        np.testing.assert_allclose(got[i], want, rtol=1e-6)
+    val = zb.validation_tasks(fam, env)
+    held = {tuple(g) for g in np.asarray(env.tasks("test").goal).tolist()}
+    train = {tuple(g) for g in np.asarray(val.goal).tolist()}
+    assert train and not held & train
+    assert val.goal.shape[0] == env.tasks("train").goal.shape[0] * fam.curve_rollouts
 
 
 def test_checkpoint_steps():
