@@ -451,7 +451,7 @@ def card_text(family: Family, arch: Arch, result: dict, base: dict, commit: str)
         f"| {s} | {result['heldout'][s]['mean']:.2f} ± {result['heldout'][s]['ci']:.2f} | "
         f"{result['validation'][s]['mean']:.2f} ± {result['validation'][s]['ci']:.2f} |"
         + (" default |" if s == best else " |") for s in seeds)
-    every = (f", every {family.subsample_every}th episode kept" if family.subsample_every > 1
+    every = (f", one episode in {family.subsample_every} kept" if family.subsample_every > 1
              else "")
     optimum = words["optimum"] or f"{base['optimum']['mean']:.2f}"
     return f"""# {entry_name(family.name, arch)}

@@ -44,8 +44,9 @@ SUBJECTS = ("bandit", "darkroom")  # the settings of experiments.run the study r
 # the zoo's 2-armed bandit (``ZOO_SUBJECTS``).
 MORE_SUBJECTS = ("bandit-thompson", "bandit2")
 # Subjects whose models ship with the model zoo (``ad.zoo``; --runs is not read): family and
-# architecture. bandit2: the zoo's largest 2-armed configuration (the standard-size model is
-# not in the zoo), distilled from UCB1 on the train key stream like the 5-armed subject.
+# architecture. bandit2: the zoo's largest 2-armed configuration when the study ran (the
+# d32 and standard-size ones joined later), distilled from UCB1 on the train key stream like
+# the 5-armed subject.
 ZOO_SUBJECTS = {"bandit2": ("bandit2", dict(d_model=16, num_layers=2, num_heads=2, mlp_dim=32))}
 
 
