@@ -27,6 +27,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ad.utils import atomic_write_text  # noqa: E402
@@ -120,11 +121,22 @@ def catalogue_markdown(front: dict, hand: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _grid(n: int, cols: int = 2):
+    """A figure with one panel per family, at most ``cols`` per row (spare panels hidden)."""
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, min(n, cols), figsize=(5 * min(n, cols), 4 * rows),
+                             squeeze=False)
+    axes = axes.ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
 def plot_catalogue(front: dict, hand: dict, path: Path) -> None:
     """Held-out score vs parameter count, every seed, per family."""
     fams = list(front)
-    fig, axes = plt.subplots(1, len(fams), figsize=(5 * len(fams), 4), squeeze=False)
-    for ax, fam in zip(axes[0], fams):
+    fig, axes = _grid(len(fams))
+    for ax, fam in zip(axes, fams):
         f, w = front[fam], _words(front[fam])
         for r in f["rows"]:
             style = dict(color="tab:blue" if r["mlp_dim"] else "tab:green")
@@ -147,6 +159,7 @@ def plot_catalogue(front: dict, hand: dict, path: Path) -> None:
         if any(name.startswith(fam + "-") for name in hand):
             ax.scatter([], [], color="black", marker="*", label="hand-built")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no overlapping labels
         ax.set_xlabel("parameters")
         ax.set_ylabel(w["axis"])
         ax.set_title(fam)
@@ -160,9 +173,9 @@ def plot_training(entries: dict, front: dict, path: Path) -> None:
     """Held-out score (the per-checkpoint subset of held-out tasks) vs training step,
     every seed."""
     fams = sorted(front)
-    fig, axes = plt.subplots(1, len(fams), figsize=(5 * len(fams), 4), squeeze=False)
+    fig, axes = _grid(len(fams))
     cmap = plt.get_cmap("viridis")
-    for ax, fam in zip(axes[0], fams):
+    for ax, fam in zip(axes, fams):
         rows = sorted(((n, e) for n, e in entries.items() if e["family"] == fam),
                       key=lambda ne: ne[1]["num_params"])
         for i, (name, e) in enumerate(rows):
