@@ -92,7 +92,10 @@ def test_zoo_models_are_listed_and_loaded(tmp_path):
     found = [e for e in engine.discover(tmp_path) if e.label.startswith("zoo/")]
     catalogue = ad.zoo.list()
     assert [e.label for e in found] == [f"zoo/{c.name}" for c in catalogue]
-    assert all(e.env == "bernoulli-bandit" for e in found)
+    from ad.zoo.build import FAMILIES
+
+    want_env = [("bernoulli-bandit" if c.handbuilt else FAMILIES[c.family].env) for c in catalogue]
+    assert [e.env for e in found] == want_env
     first, family = catalogue[0], catalogue[0].family
     model = engine.load_any(found[0].id)
     ref = ad.zoo.load(family, d_model=first.d_model, num_layers=first.num_layers,
