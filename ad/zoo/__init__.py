@@ -19,8 +19,9 @@ offline); other steps (0 and the powers of two) are rebuilt by
 ``python -m ad.zoo.build`` and loaded only if their hash equals the committed manifest's.
 
 Families: ``bandit2`` / ``bandit5`` (Bernoulli bandits, 100 pulls, distilled from UCB1),
-``darkroom`` (9x9 Dark Room, distilled from PPO) and the hand-built ``bandit{2,5}-{greedy,bonus}`` (``ad/zoo/handbuilt.py``). Write-ups
-and catalogue figures: ``docs/zoo/``.
+``darkroom`` and ``darkroom-rmax`` (9x9 Dark Room, distilled from PPO and from R-max) and
+the hand-built ``bandit{2,5}-{greedy,bonus}`` (``ad/zoo/handbuilt.py``). Write-ups and
+catalogue figures: ``docs/zoo/``.
 """
 
 from __future__ import annotations
