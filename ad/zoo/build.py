@@ -101,6 +101,15 @@ class Family:
     curve_rollouts: int = 1  # finite task sets: rollouts per goal for the per-checkpoint
     #   curve and for validation (every goal of the split)
 
+    def __post_init__(self):
+        if self.metric not in ("regret", "return"):
+            raise ValueError(f"Family {self.name!r}: metric must be 'regret' or 'return', got "
+                             f"{self.metric!r}")
+        if self.metric == "return" and self.report_episode + 5 > self.episodes:
+            raise ValueError(f"Family {self.name!r}: report_episode={self.report_episode} needs "
+                             f"episodes >= {self.report_episode + 5} (by episode k averages "
+                             f"episodes k-4..k+5), got episodes={self.episodes}")
+
     @property
     def lower_is_better(self) -> bool:
         return self.metric == "regret"

@@ -130,6 +130,15 @@ def test_darkroom_scores_are_returns_by_episode_50_per_rollout_and_validation_is
     assert val.goal.shape[0] == env.tasks("train").goal.shape[0] * fam.curve_rollouts
 
 
+def test_a_family_with_an_unknown_metric_or_too_few_episodes_is_refused():
+    import dataclasses
+
+    with pytest.raises(ValueError, match="metric must be"):
+        dataclasses.replace(zb.FAMILIES["darkroom"], metric="accuracy")
+    with pytest.raises(ValueError, match="episodes >= 55"):
+        dataclasses.replace(zb.FAMILIES["darkroom"], episodes=50)
+
+
 def test_checkpoint_steps():
     assert zb.checkpoint_steps(512) == [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
     assert zb.checkpoint_steps(100) == [0, 1, 2, 4, 8, 16, 32, 64, 100]
