@@ -43,3 +43,11 @@ register(dataclasses.replace(SETTINGS["darkroom-rmax"], name="darkroom-psrl", so
 register(dataclasses.replace(
     SETTINGS["darkroom-hard"], name="darkroom-hard-rmax", source="rmax", histories=1155,
     source_overrides=dict(num_steps=4000, optimistic_value=1.0), subsample_every=2))
+
+# Key-to-Door and Dark Room Hard from PSRL histories, with PSRL's sparse prior on these
+# one-payment tasks (source_agents.tabular._PSRL_SPARSE): the R-max settings' data size,
+# subsampling, model and training, so that only the source changes.
+register(dataclasses.replace(SETTINGS["key-to-door-rmax"], name="key-to-door-psrl", source="psrl",
+                             source_overrides=dict(num_steps=2048)))
+register(dataclasses.replace(SETTINGS["darkroom-hard-rmax"], name="darkroom-hard-psrl",
+                             source="psrl", source_overrides=dict(num_steps=4000)))
