@@ -2,6 +2,9 @@
 
     python -m experiments.plot_sources data/darkroom data/dr-dqn data/k2d-ppo --out sources.png
 
+It also prints each source's fraction of the optimum "by episode k" (``--episodes``; as
+in the README, ``ad.evaluate.by_episode_rows``, over the histories that reached k + 5).
+
 Each dataset keeps every history's per-episode returns (``episode_returns``, the full
 learning curve even when episodes were subsampled for storage) and its task params, so
 the curve is normalised per task by ``env.optimal_return``. Bands are 95% intervals
@@ -11,12 +14,14 @@ over histories.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import jax
 import numpy as np
 
 from ad.dataset import load_dataset
+from ad.evaluate import by_episode_rows
 from ad.plots import plot_curves
 
 
@@ -27,7 +32,8 @@ def source_fraction_curve(path: str) -> tuple[str, np.ndarray]:
     optimum = np.asarray(jax.vmap(env.optimal_return)(ds.task_params()))
     returns = np.asarray(ds.episode_returns, np.float64)
     keep = optimum > 0
-    label = f"{ds.spec.source} on {ds.spec.env} ({int(keep.sum())} histories)"
+    name = os.path.basename(os.path.normpath(path))  # two datasets of one source stay apart
+    label = f"{ds.spec.source} on {ds.spec.env}: {name} ({int(keep.sum())} histories)"
     return label, returns[keep] / optimum[keep, None]
 
 
@@ -35,6 +41,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.plot_sources", description=__doc__.split("\n")[0])
     p.add_argument("datasets", nargs="+", help="dataset directories written by experiments.collect")
     p.add_argument("--out", default="results/sources.png", help="PNG path (default: results/sources.png)")
+    p.add_argument("--episodes", type=int, nargs="+", default=[10, 30, 50, 100], metavar="K",
+                   help="print the fraction of optimum by these episodes (default: 10 30 50 100)")
     args = p.parse_args(argv)
     panel = {}
     for path in args.datasets:
@@ -45,7 +53,11 @@ def main(argv=None) -> int:
         ci = 1.96 * np.nanstd(frac[:, valid], axis=0, ddof=1) / np.sqrt(n[valid])
         panel[label] = {"mean": mean, "ci": ci}
         print(f"{label}: {mean[-max(1, len(mean) // 10):].mean():.3f} of optimum over the last 10% of episodes")
-    plot_curves({"source learning curves (training tasks)": panel}, args.out,
+        # a history that ended before episode k + 5 gives NaN here and is left out
+        by = {k: np.nanmean(by_episode_rows(frac, k)) for k in args.episodes
+              if np.any(~np.isnan(by_episode_rows(frac, k)))}
+        print("  by episode " + ", ".join(f"{k}: {v:.3f}" for k, v in by.items()))
+    plot_curves({"source learning curves (the datasets' tasks)": panel}, args.out,
                 title="Source agents: return / optimum per episode", ylabel="fraction of optimum")
     print(f"wrote {args.out}")
     return 0
