@@ -305,6 +305,68 @@ def empirical_mdp(model: TabularModel, config: RMaxConfig) -> PlanningMDP:
         fixed=model.visits < config.known_count, fixed_value=jnp.float32(config.unknown_value))
 
 
+def _gamma_rounds(key, d, c, log_v, pending, max_rounds):
+    """Marsaglia-Tsang rounds until no element is pending: each round proposes for every
+    element from one key, and a pending element keeps its first accepted proposal
+    (``log V`` of the accepted ``V = (1 + c x)^3``)."""
+    def propose(carry):
+        i, log_v, pending = carry
+        key_x, key_u = jax.random.split(jax.random.fold_in(key, i))
+        x = jax.random.normal(key_x, d.shape)
+        log_u = -jax.random.exponential(key_u, d.shape)  # log of a uniform draw
+        v = 1.0 + c * x
+        log_v3 = 3.0 * jnp.log(jnp.maximum(v, 1e-30))
+        accept = (v > 0) & (log_u < 0.5 * x * x + d - d * jnp.exp(log_v3) + d * log_v3)
+        return i + 1, jnp.where(pending & accept, log_v3, log_v), pending & ~accept
+
+    def more(carry):
+        i, _, pending = carry
+        return pending.any() & (i < max_rounds)
+
+    _, log_v, pending = jax.lax.while_loop(more, propose, (jnp.int32(0), log_v, pending))
+    return log_v, pending
+
+
+def log_gamma(key: jax.Array, alpha: jax.Array, max_rounds: int = 64) -> jax.Array:
+    """``log Gamma(alpha, 1)`` draws of ``alpha``'s shape, like ``jax.random.loggamma``.
+
+    Why our own: on CPU, JAX's gamma sampler is a sequential ``lax.map`` over the elements,
+    each with its own key splits and rejection loop; PSRL draws a Dirichlet for every
+    state-action of every history each block, and that loop took ~90% of its run time
+    (``benchmarks/source_throughput.py``). This is the same algorithm (Marsaglia & Tsang
+    2000, with the ``alpha < 1`` boost ``G(alpha) = G(alpha + 1) U^(1 / alpha)`` taken in
+    log space so that tiny shapes do not underflow), vectorised: a round proposes for many
+    elements at once and each element keeps its first accepted proposal, an exact
+    rejection sampler. Each proposal is accepted with probability > 0.95, so after one
+    round over all elements the few still pending (at most an eighth are handled this way;
+    any beyond that go on over the whole array) run their further rounds on their own.
+    ``max_rounds`` only bounds the loops (an element is still pending after 64 rounds
+    with probability below 1e-80).
+    """
+    shape = jnp.shape(alpha)
+    alpha = jnp.asarray(alpha, jnp.float32).reshape(-1)
+    n = alpha.size
+    boost = alpha < 1.0
+    d = jnp.where(boost, alpha + 1.0, alpha) - 1.0 / 3.0
+    c = 1.0 / jnp.sqrt(9.0 * d)
+    key_first, key_few, key_rest, key_boost = jax.random.split(key, 4)
+    # one round over all elements
+    log_v, pending = _gamma_rounds(key_first, d, c, jnp.zeros(n), jnp.ones(n, bool), 1)
+    # further rounds on (up to m of) the pending elements only: index n marks an empty slot
+    m = n if n <= 64 else n // 8
+    few = jnp.nonzero(pending, size=m, fill_value=n)[0]
+    live = few < n
+    log_v_few, _ = _gamma_rounds(key_few, d.at[few].get(mode="fill", fill_value=1.0),
+                                 c.at[few].get(mode="fill", fill_value=1.0),
+                                 jnp.zeros(m), live, max_rounds)
+    log_v = log_v.at[few].set(log_v_few, mode="drop")
+    # any pending beyond those m (rare): further rounds over the whole array
+    rest = pending & (jnp.cumsum(pending) > m)
+    log_v, _ = _gamma_rounds(key_rest, d, c, log_v, rest, max_rounds)
+    log_boost = jnp.where(boost, -jax.random.exponential(key_boost, (n,)) / alpha, 0.0)
+    return (jnp.log(d) + log_v + log_boost).reshape(shape)
+
+
 class PosteriorDraw(NamedTuple):
     """One draw of PSRL's posterior for state-actions of any leading shape ``(...)``."""
 
@@ -335,7 +397,7 @@ def posterior_draw(key: jax.Array, visits, reward_sum, successor, successor_coun
         jnp.maximum(a0 * unseen, 1e-9)[..., None]], axis=-1)  # (..., K + 2)
     valid = jnp.concatenate([filled, jnp.ones(alpha.shape[:-1] + (2,), bool)], axis=-1)
     # log-space gamma draws: small shapes underflow to 0 in linear space
-    log_g = jnp.where(valid, jax.random.loggamma(key_p, alpha), -jnp.inf)
+    log_g = jnp.where(valid, log_gamma(key_p, alpha), -jnp.inf)
     p = jax.nn.softmax(log_g, axis=-1)
     # Normal-Normal conjugate update: precisions add up, the prior mean is 0
     precision = config.r_max ** -2 + visits / config.reward_noise ** 2
