@@ -73,6 +73,7 @@ def frontier(entries: dict, families: dict) -> dict:
         passing = [r for r in rows if r["passes"]]
         out[fam] = {"metric": metric, "source": base["source"], "random": base["random"],
                     "optimum": base["optimum"], "bar": bar, "rows": rows,
+                    "train_steps": info.get("num_steps"), "batch_size": info.get("batch_size"),
                     "smallest": min(passing, key=lambda r: r["num_params"]) if passing else None}
     return out
 
@@ -97,7 +98,8 @@ def catalogue_markdown(front: dict, hand: dict) -> str:
         w = _words(f)
         lines += [f"## {fam}", "",
                   f"Source {f['source']:.2f}, random {f['random']:.2f}, optimum "
-                  f"{f['optimum']:.2f}; *passes*: {w['bar']} ({f['bar']:.2f}).", "",
+                  f"{f['optimum']:.2f}; *passes*: {w['bar']} ({f['bar']:.2f}). Training: "
+                  f"{f['train_steps']} steps × {f['batch_size']} windows per seed.", "",
                   f"| configuration | params | {w['score']} (5 seeds) | seeds passing | "
                   f"default seed | {w['ratio']} | passes |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
