@@ -1,7 +1,7 @@
 """Build the model zoo: collect, distill five seeds per configuration in one vmapped call,
 checkpoint, evaluate on held-out tasks, choose the best seed on validation tasks, ship.
 
-    python -m ad.zoo.build                      # the whole catalogue (bandits ~1 h, Dark Room ~1 h)
+    python -m ad.zoo.build                      # the whole catalogue (~3.1 h on 2 cores: docs/zoo)
     python -m ad.zoo.build --family bandit2 --only d8-L1-H2-M0 --verify   # check a rebuild
 
 The algorithm, top to bottom (``build``):
